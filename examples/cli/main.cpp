@@ -1,0 +1,53 @@
+// adabldm — the command-line tool. `adabldm COMMAND --help` describes each command.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include <adabldm/core/error.hpp>
+#include <adabldm/version.hpp>
+
+#include "commands.hpp"
+
+namespace {
+struct Command {
+  const char* name;
+  int (*run)(int, char**);
+  const char* summary;
+};
+const Command kCommands[] = {
+    {"inspect", cli::cmd_inspect, "show the format, tensors, dtypes and parameter counts of a checkpoint"},
+};
+
+void usage() {
+  std::fprintf(stderr, "adabldm %s — industrial defect generation with blended latent diffusion\n\n"
+                       "usage: adabldm COMMAND [OPTIONS]\n\ncommands:\n", ADABLDM_VERSION_STRING);
+  for (const auto& c : kCommands) std::fprintf(stderr, "  %-10s %s\n", c.name, c.summary);
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    usage();
+    return argc < 2 ? 2 : 0;
+  }
+  if (!std::strcmp(argv[1], "--version")) {
+    std::printf("%s\n", ADABLDM_VERSION_STRING);
+    return 0;
+  }
+  for (const auto& c : kCommands) {
+    if (std::strcmp(argv[1], c.name) != 0) continue;
+    try {
+      return c.run(argc, argv);
+    } catch (const adabldm::Error& e) {
+      std::fprintf(stderr, "adabldm %s: error: %s\n", c.name, e.what());
+      return 1;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "adabldm %s: internal error: %s\n", c.name, e.what());
+      return 3;
+    }
+  }
+  std::fprintf(stderr, "adabldm: unknown command \"%s\"\n\n", argv[1]);
+  usage();
+  return 2;
+}

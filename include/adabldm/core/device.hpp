@@ -1,0 +1,32 @@
+#pragma once
+// Device tags. A tensor's device is part of its type (Tensor<T, Cpu>, Tensor<T, Cuda>), so every op is an
+// overload chosen at compile time; the CUDA side lives in .cuh headers compiled only by nvcc.
+#include <cstddef>
+#include <cstdlib>
+#include <memory>
+#include <new>
+
+#include "adabldm/core/error.hpp"
+
+namespace adabldm {
+
+struct Cpu {
+  static constexpr const char* name = "cpu";
+  static constexpr std::size_t kAlignment = 64;  // one cache line, enough for AVX-512 loads
+
+  /// Owning, 64-byte aligned host buffer.
+  static std::shared_ptr<void> allocate(std::size_t bytes) {
+    if (bytes == 0) bytes = kAlignment;
+    const std::size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+    void* p = std::aligned_alloc(kAlignment, rounded);
+    if (!p) throw Error("out of host memory allocating " + std::to_string(bytes) + " bytes");
+    return std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+  }
+};
+
+/// Tag of the CUDA backend; its allocator and ops are in adabldm/core/cuda/*.cuh.
+struct Cuda {
+  static constexpr const char* name = "cuda";
+};
+
+}  // namespace adabldm

@@ -1,0 +1,49 @@
+#pragma once
+// adabldm::Error — every failure the library reports. The message always names the thing at fault
+// (a file, a tensor key, a shape) so that a CLI can print it as one line.
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace adabldm {
+
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& what) : std::runtime_error(what) {}
+};
+
+/// A file or stream whose content is not what its format requires (truncated, malformed, inconsistent).
+class FormatError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// Tensor shapes or dtypes that do not fit an operation or a model.
+class ShapeError : public Error {
+ public:
+  using Error::Error;
+};
+
+/// A file or folder that cannot be opened or written.
+class IoError : public Error {
+ public:
+  using Error::Error;
+};
+
+namespace detail {
+template <class... Args>
+std::string concat(Args&&... args) {
+  std::ostringstream os;
+  (os << ... << std::forward<Args>(args));
+  return os.str();
+}
+}  // namespace detail
+
+/// Throws E with the concatenation of args when cond is false.
+template <class E = Error, class... Args>
+inline void check(bool cond, Args&&... args) {
+  if (!cond) throw E(detail::concat(std::forward<Args>(args)...));
+}
+
+}  // namespace adabldm

@@ -1,0 +1,107 @@
+#pragma once
+// 2-D convolution (PyTorch nn.Conv2d semantics, groups = 1) as im2col + GEMM, with a direct GEMM for 1x1
+// stride-1 convolutions. im2col is done in bands of output rows so its buffer stays small at any image size.
+#include <algorithm>
+#include <vector>
+
+#include "adabldm/core/tensor.hpp"
+#include "adabldm/core/threads.hpp"
+#include "adabldm/ops/matmul.hpp"
+
+namespace adabldm::ops {
+
+/// Stride and zero padding of a convolution. Padding may differ per side (the VAE encoder pads right/bottom).
+struct Conv2dParams {
+  int stride = 1;
+  int pad_top = 0, pad_bottom = 0, pad_left = 0, pad_right = 0;
+  static Conv2dParams same(int pad, int stride = 1) { return {stride, pad, pad, pad, pad}; }
+};
+
+namespace detail {
+inline int64_t conv_out_size(int64_t in, int k, int pad_lo, int pad_hi, int stride) {
+  return (in + pad_lo + pad_hi - k) / stride + 1;
+}
+
+/// Writes the im2col matrix of output rows [oy0, oy1) of one image: col[(c*kh + ky)*kw + kx][(oy-oy0)*Wo + ox].
+template <class T>
+void im2col_band(const T* x, int64_t C, int64_t H, int64_t W, int kh, int kw, const Conv2dParams& p, int64_t Wo,
+                 int64_t oy0, int64_t oy1, T* col) {
+  const int64_t cols = (oy1 - oy0) * Wo;
+  parallel_for(C * kh * kw, [&](int64_t row) {
+    const int64_t c = row / (kh * kw);
+    const int ky = static_cast<int>(row / kw % kh), kx = static_cast<int>(row % kw);
+    T* dst = col + row * cols;
+    const T* src = x + c * H * W;
+    for (int64_t oy = oy0; oy < oy1; ++oy) {
+      const int64_t iy = oy * p.stride - p.pad_top + ky;
+      T* d = dst + (oy - oy0) * Wo;
+      if (iy < 0 || iy >= H) {
+        std::fill(d, d + Wo, T(0));
+        continue;
+      }
+      const T* s = src + iy * W;
+      if (p.stride == 1) {
+        // ix = ox - pad_left + kx: valid for ox in [lo, hi)
+        const int64_t lo = std::clamp<int64_t>(p.pad_left - kx, 0, Wo), hi = std::clamp<int64_t>(W + p.pad_left - kx, lo, Wo);
+        std::fill(d, d + lo, T(0));
+        std::copy(s + lo - p.pad_left + kx, s + hi - p.pad_left + kx, d + lo);
+        std::fill(d + hi, d + Wo, T(0));
+      } else {
+        for (int64_t ox = 0; ox < Wo; ++ox) {
+          const int64_t ix = ox * p.stride - p.pad_left + kx;
+          d[ox] = (ix >= 0 && ix < W) ? s[ix] : T(0);
+        }
+      }
+    }
+  }, 8);
+}
+}  // namespace detail
+
+/// x[N, C, H, W] * weight[O, C, kh, kw] (+ bias[O]) -> [N, O, Ho, Wo]. bias may be undefined.
+template <class T>
+Tensor<T, Cpu> conv2d(const Tensor<T, Cpu>& x_in, const Tensor<T, Cpu>& weight_in, const Tensor<T, Cpu>& bias,
+                      const Conv2dParams& p) {
+  check<ShapeError>(x_in.rank() == 4, "conv2d: input must be [N, C, H, W], got ", x_in.shape().str());
+  check<ShapeError>(weight_in.rank() == 4, "conv2d: weight must be [O, C, kh, kw], got ", weight_in.shape().str());
+  check<ShapeError>(x_in.dim(1) == weight_in.dim(1), "conv2d: input ", x_in.shape().str(), " has ", x_in.dim(1),
+                    " channels, weight ", weight_in.shape().str(), " expects ", weight_in.dim(1));
+  check<ShapeError>(p.stride >= 1 && p.pad_top >= 0 && p.pad_bottom >= 0 && p.pad_left >= 0 && p.pad_right >= 0,
+                    "conv2d: stride must be >= 1 and padding >= 0");
+  const auto x = x_in.contiguous();
+  const auto w = weight_in.contiguous();
+  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3), O = w.dim(0);
+  const int kh = static_cast<int>(w.dim(2)), kw = static_cast<int>(w.dim(3));
+  const int64_t Ho = detail::conv_out_size(H, kh, p.pad_top, p.pad_bottom, p.stride);
+  const int64_t Wo = detail::conv_out_size(W, kw, p.pad_left, p.pad_right, p.stride);
+  check<ShapeError>(Ho > 0 && Wo > 0, "conv2d: kernel ", kh, "x", kw, " larger than padded input ",
+                    x.shape().str());
+  auto out = Tensor<T, Cpu>::empty({N, O, Ho, Wo});
+  const int64_t HWo = Ho * Wo, Kdim = C * kh * kw;
+  if (bias.defined())
+    check<ShapeError>(bias.numel() == O, "conv2d: bias ", bias.shape().str(), " does not match ", O, " outputs");
+
+  const bool pointwise = kh == 1 && kw == 1 && p.stride == 1 && p.pad_top == 0 && p.pad_bottom == 0 &&
+                         p.pad_left == 0 && p.pad_right == 0;
+  // Output rows per im2col band: keep the column buffer near 8 MB.
+  const int64_t band = std::clamp<int64_t>((int64_t{8} << 20) / sizeof(T) / std::max<int64_t>(1, Kdim * Wo), 1, Ho);
+  std::vector<T> col(pointwise ? 0 : static_cast<std::size_t>(Kdim * band * Wo));
+  for (int64_t n = 0; n < N; ++n) {
+    const T* xn = x.data() + n * C * H * W;
+    T* on = out.data() + n * O * HWo;
+    if (bias.defined())
+      for (int64_t o = 0; o < O; ++o) std::fill(on + o * HWo, on + (o + 1) * HWo, bias.data()[o]);
+    const T beta = bias.defined() ? T(1) : T(0);
+    if (pointwise) {
+      gemm<T>(false, false, O, HWo, C, T(1), w.data(), C, xn, HWo, beta, on, HWo);
+      continue;
+    }
+    for (int64_t oy0 = 0; oy0 < Ho; oy0 += band) {
+      const int64_t oy1 = std::min(Ho, oy0 + band), cols = (oy1 - oy0) * Wo;
+      detail::im2col_band(xn, C, H, W, kh, kw, p, Wo, oy0, oy1, col.data());
+      gemm<T>(false, false, O, cols, Kdim, T(1), w.data(), Kdim, col.data(), cols, beta, on + oy0 * Wo, HWo);
+    }
+  }
+  return out;
+}
+
+}  // namespace adabldm::ops

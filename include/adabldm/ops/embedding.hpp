@@ -1,0 +1,51 @@
+#pragma once
+// Sinusoidal timestep embedding (diffusers' get_timestep_embedding) and table lookup (nn.Embedding).
+#include <cmath>
+#include <vector>
+
+#include "adabldm/core/tensor.hpp"
+
+namespace adabldm::ops {
+
+/// timesteps[B] -> [B, dim]: half = dim/2, freq_i = exp(-ln(max_period) * i / (half - freq_shift)),
+/// emb = [sin(t*freq), cos(t*freq)], swapped to [cos, sin] when flip_sin_to_cos; a zero column pads an odd dim.
+/// Computed in T with the same operation order as diffusers (so float32 matches it bit for bit or nearly).
+template <class T>
+Tensor<T, Cpu> timestep_embedding(const std::vector<T>& timesteps, int64_t dim, bool flip_sin_to_cos,
+                                  double freq_shift, double max_period = 10000.0, double scale = 1.0) {
+  check<ShapeError>(dim >= 2, "timestep_embedding: dim must be >= 2, got ", dim);
+  const int64_t half = dim / 2, B = static_cast<int64_t>(timesteps.size());
+  check<ShapeError>(static_cast<double>(half) != freq_shift, "timestep_embedding: half dim equals freq_shift");
+  std::vector<T> freq(static_cast<std::size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    const T exponent = static_cast<T>(-std::log(max_period)) * static_cast<T>(i);
+    freq[static_cast<std::size_t>(i)] = std::exp(exponent / static_cast<T>(static_cast<double>(half) - freq_shift));
+  }
+  auto out = Tensor<T, Cpu>::zeros({B, dim});
+  for (int64_t b = 0; b < B; ++b) {
+    T* row = out.data() + b * dim;
+    for (int64_t i = 0; i < half; ++i) {
+      const T arg = static_cast<T>(scale) * (timesteps[static_cast<std::size_t>(b)] * freq[static_cast<std::size_t>(i)]);
+      const T s = std::sin(arg), c = std::cos(arg);
+      row[i] = flip_sin_to_cos ? c : s;
+      row[half + i] = flip_sin_to_cos ? s : c;
+    }
+  }
+  return out;
+}
+
+/// Rows of table[V, D] picked by ids -> [ids.size(), D]; an id out of range is an error naming it.
+template <class T>
+Tensor<T, Cpu> embedding(const Tensor<T, Cpu>& table, const std::vector<int64_t>& ids) {
+  check<ShapeError>(table.rank() == 2, "embedding: table must be [V, D], got ", table.shape().str());
+  const auto t = table.contiguous();
+  const int64_t V = t.dim(0), D = t.dim(1);
+  auto out = Tensor<T, Cpu>::empty({static_cast<int64_t>(ids.size()), D});
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    check<ShapeError>(ids[i] >= 0 && ids[i] < V, "embedding: id ", ids[i], " out of range [0, ", V, ")");
+    std::copy(t.data() + ids[i] * D, t.data() + (ids[i] + 1) * D, out.data() + static_cast<int64_t>(i) * D);
+  }
+  return out;
+}
+
+}  // namespace adabldm::ops

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The full test suite, from a clean checkout: install dependencies, build (Release, with CUDA code compiled when
+# nvcc is present), run every test, rerun the file-format tests under AddressSanitizer + UBSan, and build and run
+# a consumer project through find_package (after install) and through FetchContent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+jobs=$(nproc)
+start=$(date +%s)
+step() { echo; echo "=== $* ($(( $(date +%s) - start )) s)"; }
+
+step "dependencies"
+scripts/install-deps.sh
+
+step "build (Release)"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j "$jobs"
+
+step "tests"
+ctest --test-dir build --output-on-failure -j "$jobs"
+
+step "file-format tests under AddressSanitizer + UBSan"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DADABLDM_SANITIZE=ON -DADABLDM_CUDA=OFF \
+      -DADABLDM_BUILD_EXAMPLES=OFF -DADABLDM_BUILD_BENCHMARKS=OFF
+cmake --build build-asan -j "$jobs" --target test_safetensors test_image
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan -L sanitize --output-on-failure
+
+step "consumer project via find_package after install"
+rm -rf build/install build/consumer-find build/consumer-fetch
+cmake --install build --prefix "$root/build/install"
+cmake -S examples/consumer -B build/consumer-find -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$root/build/install"
+cmake --build build/consumer-find -j "$jobs"
+build/consumer-find/consumer
+
+step "consumer project via FetchContent"
+cmake -S examples/consumer -B build/consumer-fetch -DCMAKE_BUILD_TYPE=Release -DCONSUMER_USE_FETCHCONTENT=ON \
+      -DADABLDM_SOURCE="$root"
+cmake --build build/consumer-fetch -j "$jobs"
+build/consumer-fetch/consumer
+
+step "all tests passed"

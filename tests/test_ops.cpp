@@ -1,0 +1,305 @@
+// Every CPU op against a naive reference written as plain loops in double, on random shapes with odd sizes.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "adabldm/core/rng.hpp"
+#include "adabldm/ops/ops.hpp"
+
+using namespace adabldm;
+using T32 = Tensor<float, Cpu>;
+
+namespace {
+Rng& rng() {
+  static Rng r(2024);
+  return r;
+}
+T32 randn(const Shape& s) { return rng().normal<float>(s); }
+
+/// max |a - b| / max(1, max |b|) over all elements.
+double rel_err(const T32& a, const std::vector<double>& b) {
+  REQUIRE(static_cast<std::size_t>(a.numel()) == b.size());
+  const auto av = a.to_vector();
+  double m = 1, e = 0;
+  for (std::size_t i = 0; i < b.size(); ++i) {
+    m = std::max(m, std::abs(b[i]));
+    e = std::max(e, std::abs(static_cast<double>(av[i]) - b[i]));
+  }
+  return e / m;
+}
+std::vector<double> dvec(const T32& t) {
+  auto v = t.to_vector();
+  return {v.begin(), v.end()};
+}
+int64_t rand_dim(int64_t lo, int64_t hi) { return rng().uniform_int(lo, hi); }
+}  // namespace
+
+TEST_CASE("matmul, batched matmul and linear") {
+  for (int trial = 0; trial < 6; ++trial) {
+    const int64_t B = rand_dim(1, 3), M = rand_dim(1, 37), K = rand_dim(1, 41), N = rand_dim(1, 29);
+    auto a = randn({B, M, K}), b = randn({B, K, N}), w = randn({N, K}), bias = randn({N});
+    std::vector<double> ref(static_cast<std::size_t>(B * M * N)), lin(ref.size());
+    auto A = dvec(a), Bv = dvec(b), W = dvec(w), bb = dvec(bias);
+    for (int64_t z = 0; z < B; ++z)
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) {
+          double s = 0, l = bb[j];
+          for (int64_t k = 0; k < K; ++k) {
+            s += A[(z * M + i) * K + k] * Bv[(z * K + k) * N + j];
+            l += A[(z * M + i) * K + k] * W[j * K + k];
+          }
+          ref[(z * M + i) * N + j] = s;
+          lin[(z * M + i) * N + j] = l;
+        }
+    CHECK(rel_err(ops::matmul(a, b), ref) < 1e-5);
+    CHECK(rel_err(ops::linear(a, w, bias), lin) < 1e-5);
+    // b transposed, and a shared 2-D b
+    CHECK(rel_err(ops::matmul(a, w, /*trans_b=*/true), [&] {
+            auto r = lin;
+            for (std::size_t i = 0; i < r.size(); ++i) r[i] -= bb[i % static_cast<std::size_t>(N)];
+            return r;
+          }()) < 1e-5);
+  }
+  CHECK_THROWS_AS(ops::matmul(randn({2, 3}), randn({4, 5})), ShapeError);
+  CHECK_THROWS_AS(ops::linear(randn({2, 3}), randn({4, 5})), ShapeError);
+}
+
+TEST_CASE("gemm: all transpose combinations, alpha and beta") {
+  const int64_t M = 13, N = 7, K = 9;
+  auto a = randn({K, M}), b = randn({N, K}), c = randn({M, N});
+  auto A = dvec(a), Bv = dvec(b), C = dvec(c);
+  std::vector<double> ref(static_cast<std::size_t>(M * N));
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      double s = 0;
+      for (int64_t k = 0; k < K; ++k) s += A[k * M + i] * Bv[j * K + k];
+      ref[i * N + j] = 0.5 * s + 2.0 * C[i * N + j];
+    }
+  auto out = c.clone();
+  ops::gemm<float>(true, true, M, N, K, 0.5f, a.data(), M, b.data(), K, 2.0f, out.data(), N);
+  CHECK(rel_err(out, ref) < 1e-5);
+}
+
+namespace {
+std::vector<double> conv_ref(const T32& x, const T32& w, const T32& b, const ops::Conv2dParams& p, int64_t& Ho,
+                             int64_t& Wo) {
+  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3), O = w.dim(0), kh = w.dim(2), kw = w.dim(3);
+  Ho = (H + p.pad_top + p.pad_bottom - kh) / p.stride + 1;
+  Wo = (W + p.pad_left + p.pad_right - kw) / p.stride + 1;
+  auto X = dvec(x), Wt = dvec(w), Bv = dvec(b);
+  std::vector<double> out(static_cast<std::size_t>(N * O * Ho * Wo));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t oy = 0; oy < Ho; ++oy)
+        for (int64_t ox = 0; ox < Wo; ++ox) {
+          double s = Bv[o];
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t ky = 0; ky < kh; ++ky)
+              for (int64_t kx = 0; kx < kw; ++kx) {
+                const int64_t iy = oy * p.stride - p.pad_top + ky, ix = ox * p.stride - p.pad_left + kx;
+                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                s += X[((n * C + c) * H + iy) * W + ix] * Wt[((o * C + c) * kh + ky) * kw + kx];
+              }
+          out[((n * O + o) * Ho + oy) * Wo + ox] = s;
+        }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("conv2d: k x k, stride, symmetric and asymmetric padding, 1x1 fast path") {
+  struct Case {
+    int k, stride, pt, pb, pl, pr;
+  };
+  const Case cases[] = {{3, 1, 1, 1, 1, 1}, {3, 2, 1, 1, 1, 1}, {3, 2, 0, 1, 0, 1}, {1, 1, 0, 0, 0, 0},
+                        {1, 2, 0, 0, 0, 0}, {5, 1, 2, 2, 2, 2}, {3, 1, 0, 0, 0, 0}, {4, 3, 2, 0, 1, 3}};
+  for (const auto& cs : cases) {
+    const int64_t N = rand_dim(1, 2), C = rand_dim(1, 7), O = rand_dim(1, 9), H = rand_dim(cs.k, 13),
+                  W = rand_dim(cs.k, 11);
+    auto x = randn({N, C, H, W}), w = randn({O, C, cs.k, cs.k}), b = randn({O});
+    const ops::Conv2dParams p{cs.stride, cs.pt, cs.pb, cs.pl, cs.pr};
+    int64_t Ho = 0, Wo = 0;
+    auto ref = conv_ref(x, w, b, p, Ho, Wo);
+    auto y = ops::conv2d(x, w, b, p);
+    REQUIRE(y.shape() == Shape{N, O, Ho, Wo});
+    CAPTURE(cs.k);
+    CAPTURE(cs.stride);
+    CHECK(rel_err(y, ref) < 1e-5);
+    auto ynb = ops::conv2d(x, w, T32{}, p);
+    auto zero = T32::zeros({O});
+    CHECK(rel_err(ynb, conv_ref(x, w, zero, p, Ho, Wo)) < 1e-5);
+  }
+  CHECK_THROWS_AS(ops::conv2d(randn({1, 3, 8, 8}), randn({4, 2, 3, 3}), T32{}, ops::Conv2dParams::same(1)),
+                  ShapeError);
+  CHECK_THROWS_AS(ops::conv2d(randn({1, 3, 2, 2}), randn({4, 3, 3, 3}), T32{}, ops::Conv2dParams{}), ShapeError);
+}
+
+TEST_CASE("conv2d: large image uses several im2col bands") {
+  // 64 channels x 9 x 200 columns x 4 bytes = 460 KB per output row: an 8 MB band holds ~18 rows of 100.
+  auto x = randn({1, 64, 100, 200}), w = randn({3, 64, 3, 3}), b = randn({3});
+  int64_t Ho = 0, Wo = 0;
+  auto ref = conv_ref(x, w, b, ops::Conv2dParams::same(1), Ho, Wo);
+  CHECK(rel_err(ops::conv2d(x, w, b, ops::Conv2dParams::same(1)), ref) < 1e-5);
+}
+
+TEST_CASE("group norm and layer norm, with eps and fused activation") {
+  for (double eps : {1e-5, 1e-6, 0.1}) {
+    const int64_t N = rand_dim(1, 3), G = rand_dim(1, 4), cpg = rand_dim(1, 5), H = rand_dim(1, 7), W = rand_dim(1, 9);
+    const int64_t C = G * cpg, S = H * W;
+    auto x = randn({N, C, H, W});
+    // offset the input so a naive one-pass variance would lose precision
+    x = ops::affine(x, 3.0f, 100.0f);
+    auto g = randn({C}), b = randn({C});
+    auto X = dvec(x), Gv = dvec(g), Bv = dvec(b);
+    std::vector<double> ref(X.size()), ref_silu(X.size());
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t gi = 0; gi < G; ++gi) {
+        double m = 0, v = 0;
+        const int64_t off = (n * C + gi * cpg) * S, cnt = cpg * S;
+        for (int64_t i = 0; i < cnt; ++i) m += X[off + i];
+        m /= cnt;
+        for (int64_t i = 0; i < cnt; ++i) v += (X[off + i] - m) * (X[off + i] - m);
+        v /= cnt;
+        for (int64_t i = 0; i < cnt; ++i) {
+          const int64_t c = gi * cpg + i / S;
+          const double y = (X[off + i] - m) / std::sqrt(v + eps) * Gv[c] + Bv[c];
+          ref[off + i] = y;
+          ref_silu[off + i] = y / (1 + std::exp(-y));
+        }
+      }
+    CHECK(rel_err(ops::group_norm(x, G, g, b, eps), ref) < 2e-5);
+    CHECK(rel_err(ops::group_norm(x, G, g, b, eps, ops::Activation::SiLU), ref_silu) < 2e-5);
+
+    const int64_t rows = rand_dim(1, 9), D = rand_dim(1, 67);
+    auto xl = ops::affine(randn({rows, D}), 2.0f, -50.0f), gl = randn({D}), bl = randn({D});
+    auto XL = dvec(xl), GL = dvec(gl), BL = dvec(bl);
+    std::vector<double> lref(XL.size());
+    for (int64_t r = 0; r < rows; ++r) {
+      double m = 0, v = 0;
+      for (int64_t i = 0; i < D; ++i) m += XL[r * D + i];
+      m /= D;
+      for (int64_t i = 0; i < D; ++i) v += (XL[r * D + i] - m) * (XL[r * D + i] - m);
+      v /= D;
+      for (int64_t i = 0; i < D; ++i) lref[r * D + i] = (XL[r * D + i] - m) / std::sqrt(v + eps) * GL[i] + BL[i];
+    }
+    CHECK(rel_err(ops::layer_norm(xl, gl, bl, eps), lref) < 2e-5);
+  }
+  CHECK_THROWS_AS(ops::group_norm(randn({1, 6, 2, 2}), 4, T32{}, T32{}, 1e-5), ShapeError);
+}
+
+TEST_CASE("softmax and activations") {
+  auto x = ops::affine(randn({5, 33}), 30.0f);  // large logits: needs the max subtraction
+  auto X = dvec(x);
+  std::vector<double> ref(X.size());
+  for (int r = 0; r < 5; ++r) {
+    double m = -1e300, s = 0;
+    for (int i = 0; i < 33; ++i) m = std::max(m, X[r * 33 + i]);
+    for (int i = 0; i < 33; ++i) s += std::exp(X[r * 33 + i] - m);
+    for (int i = 0; i < 33; ++i) ref[r * 33 + i] = std::exp(X[r * 33 + i] - m) / s;
+  }
+  CHECK(rel_err(ops::softmax(x), ref) < 1e-6);
+
+  auto a = ops::affine(randn({4, 3, 17}), 3.0f);
+  auto A = dvec(a);
+  auto ref_of = [&](auto f) {
+    std::vector<double> r(A.size());
+    for (std::size_t i = 0; i < A.size(); ++i) r[i] = f(A[i]);
+    return r;
+  };
+  const double pi = 3.14159265358979323846;
+  CHECK(rel_err(ops::silu(a), ref_of([](double v) { return v / (1 + std::exp(-v)); })) < 1e-6);
+  CHECK(rel_err(ops::gelu(a), ref_of([](double v) { return 0.5 * v * (1 + std::erf(v / std::sqrt(2.0))); })) < 1e-6);
+  CHECK(rel_err(ops::gelu(a, true), ref_of([&](double v) {
+          return 0.5 * v * (1 + std::tanh(std::sqrt(2 / pi) * (v + 0.044715 * v * v * v)));
+        })) < 1e-6);
+  CHECK(rel_err(ops::quick_gelu(a), ref_of([](double v) { return v / (1 + std::exp(-1.702 * v)); })) < 1e-6);
+  // erf and tanh GELU really differ (so the tests above can tell them apart)
+  CHECK(rel_err(ops::gelu(a, true), dvec(ops::gelu(a))) > 1e-5);
+
+  auto g = randn({3, 5, 2 * 11});
+  auto Gv = dvec(g);
+  std::vector<double> gref(3 * 5 * 11);
+  for (int r = 0; r < 15; ++r)
+    for (int i = 0; i < 11; ++i) {
+      const double h = Gv[r * 22 + i], gate = Gv[r * 22 + 11 + i];
+      gref[r * 11 + i] = h * 0.5 * gate * (1 + std::erf(gate / std::sqrt(2.0)));
+    }
+  CHECK(rel_err(ops::geglu(g), gref) < 1e-6);
+  CHECK_THROWS_AS(ops::geglu(randn({2, 3})), ShapeError);
+}
+
+TEST_CASE("broadcasting add/mul/sub, concat, upsample") {
+  auto a = randn({2, 3, 4, 5}), b = randn({3, 1, 5}), c = randn({2, 3, 1, 1});
+  auto A = dvec(a), Bv = dvec(b), Cv = dvec(c);
+  std::vector<double> ab(A.size()), ac(A.size()), amc(A.size());
+  for (int n = 0; n < 2; ++n)
+    for (int ch = 0; ch < 3; ++ch)
+      for (int y = 0; y < 4; ++y)
+        for (int x = 0; x < 5; ++x) {
+          const int i = ((n * 3 + ch) * 4 + y) * 5 + x;
+          ab[i] = A[i] + Bv[ch * 5 + x];
+          ac[i] = A[i] * Cv[n * 3 + ch];
+          amc[i] = A[i] - Cv[n * 3 + ch];
+        }
+  CHECK(rel_err(ops::add(a, b), ab) < 1e-6);
+  CHECK(rel_err(ops::add(b, a), ab) < 1e-6);  // commutes, broadcast on the left
+  CHECK(rel_err(ops::mul(a, c), ac) < 1e-6);
+  CHECK(rel_err(ops::sub(a, c), amc) < 1e-6);
+  auto inplace = a.clone();
+  ops::add_(inplace, b);
+  CHECK(rel_err(inplace, ab) < 1e-6);
+  CHECK_THROWS_AS(ops::add(a, randn({4, 4})), ShapeError);
+  CHECK_THROWS_AS(ops::add_(b, a), ShapeError);
+
+  auto p = randn({2, 3, 4, 5}), q = randn({2, 2, 4, 5});
+  auto cat = ops::concat<float>({p, q}, 1);
+  REQUIRE(cat.shape() == Shape{2, 5, 4, 5});
+  for (int64_t n = 0; n < 2; ++n)
+    for (int64_t ch = 0; ch < 5; ++ch)
+      for (int64_t y = 0; y < 4; ++y)
+        for (int64_t x = 0; x < 5; ++x)
+          REQUIRE(cat.at({n, ch, y, x}) == (ch < 3 ? p.at({n, ch, y, x}) : q.at({n, ch - 3, y, x})));
+  auto last = ops::concat<float>({p, p}, -1);
+  CHECK(last.shape() == Shape{2, 3, 4, 10});
+  CHECK(last.at({1, 2, 3, 7}) == p.at({1, 2, 3, 2}));
+  CHECK_THROWS_AS(ops::concat<float>({p, randn({2, 2, 3, 5})}, 1), ShapeError);
+
+  auto u = randn({2, 3, 5, 7});
+  auto up = ops::upsample_nearest2x(u);
+  REQUIRE(up.shape() == Shape{2, 3, 10, 14});
+  for (int64_t n = 0; n < 2; ++n)
+    for (int64_t ch = 0; ch < 3; ++ch)
+      for (int64_t y = 0; y < 10; ++y)
+        for (int64_t x = 0; x < 14; ++x) REQUIRE(up.at({n, ch, y, x}) == u.at({n, ch, y / 2, x / 2}));
+}
+
+TEST_CASE("sinusoidal timestep embedding (diffusers get_timestep_embedding)") {
+  const std::vector<float> ts{0.0f, 1.0f, 500.0f, 999.0f};
+  for (bool flip : {true, false})
+    for (double shift : {0.0, 1.0})
+      for (int64_t dim : {32, 33, 320}) {
+        auto e = ops::timestep_embedding(ts, dim, flip, shift);
+        REQUIRE(e.shape() == Shape{4, dim});
+        const int64_t half = dim / 2;
+        std::vector<double> ref(static_cast<std::size_t>(4 * dim), 0.0);
+        for (int b = 0; b < 4; ++b)
+          for (int64_t i = 0; i < half; ++i) {
+            const double arg = ts[b] * std::exp(-std::log(10000.0) * i / (half - shift));
+            ref[b * dim + i] = flip ? std::cos(arg) : std::sin(arg);
+            ref[b * dim + half + i] = flip ? std::sin(arg) : std::cos(arg);
+          }
+        // float32 arguments up to ~1000 rad: ~1e-4 absolute is the float rounding of the argument itself
+        CHECK(rel_err(e, ref) < 2e-4);
+      }
+  auto e = ops::timestep_embedding(std::vector<float>{1.0f}, 4, true, 0.0);
+  CHECK(e.at({0, 0}) == doctest::Approx(std::cos(1.0)));  // cos first when flipped
+  CHECK(e.at({0, 2}) == doctest::Approx(std::sin(1.0)));
+}
+
+TEST_CASE("embedding lookup") {
+  auto table = randn({10, 3});
+  auto e = ops::embedding(table, {3, 0, 9});
+  CHECK(e.at({0, 1}) == table.at({3, 1}));
+  CHECK(e.at({2, 2}) == table.at({9, 2}));
+  CHECK_THROWS_AS(ops::embedding(table, {10}), ShapeError);
+}
