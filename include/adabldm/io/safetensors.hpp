@@ -23,6 +23,7 @@
 #include "adabldm/core/error.hpp"
 #include "adabldm/core/tensor.hpp"
 #include "adabldm/io/mapped_file.hpp"
+#include "adabldm/io/state_dict.hpp"
 
 namespace adabldm::io {
 
@@ -64,43 +65,25 @@ class SafeTensors {
   /// The tensor's raw bytes inside the mapping.
   const std::byte* raw(const std::string& name) const { return data_ + info(name).offset; }
 
-  /// The tensor as T (any numeric dtype converts). Zero-copy when the stored dtype is T and the data is aligned:
-  /// the result then aliases the mapping (copy-on-write, so writes never reach the file).
+  /// The stored tensor (dtype, shape, bytes in the mapping).
+  TensorRef ref(const std::string& name) const {
+    const TensorInfo& ti = info(name);
+    return TensorRef{ti.dtype, ti.shape, file_, data_ + ti.offset};
+  }
+  /// The tensor as T (any numeric dtype converts); zero-copy for aligned data of type T (see TensorRef::to).
   template <class T>
   Tensor<T, Cpu> get(const std::string& name) const {
-    const TensorInfo& ti = info(name);
-    std::byte* p = data_ + ti.offset;
-    if (ti.dtype == dtype_v<T> && reinterpret_cast<std::uintptr_t>(p) % alignof(T) == 0)
-      return Tensor<T, Cpu>::wrap(file_, reinterpret_cast<T*>(p), ti.shape);
-    auto out = Tensor<T, Cpu>::empty(ti.shape);
-    convert_into(ti, p, out.data());
-    return out;
+    return ref(name).to<T>();
+  }
+  /// Every tensor, as a StateDict (no data is read or copied).
+  StateDict state_dict() const {
+    StateDict sd(path());
+    for (const auto& name : order_) sd.add(name, ref(name));
+    sd.metadata() = metadata_;
+    return sd;
   }
 
  private:
-  template <class T>
-  static void convert_into(const TensorInfo& ti, const std::byte* src, T* dst) {
-    const int64_t n = ti.shape.numel();
-    auto run = [&](auto tag) {
-      using S = decltype(tag);
-      for (int64_t i = 0; i < n; ++i) {
-        S v;
-        std::memcpy(&v, src + static_cast<std::size_t>(i) * sizeof(S), sizeof(S));
-        dst[i] = convert_element<T>(v);
-      }
-    };
-    switch (ti.dtype) {
-      case DType::F32: run(float{}); break;
-      case DType::F16: run(half{}); break;
-      case DType::BF16: run(bfloat16{}); break;
-      case DType::F64: run(double{}); break;
-      case DType::I64: run(int64_t{}); break;
-      case DType::I32: run(int32_t{}); break;
-      case DType::U8: run(uint8_t{}); break;
-      case DType::Bool: run(uint8_t{}); break;
-    }
-  }
-
   [[noreturn]] void fail(const std::string& what) const { throw FormatError(path() + ": " + what); }
 
   static bool checked_mul(std::size_t a, std::size_t b, std::size_t& out) {

@@ -1,6 +1,7 @@
 #pragma once
 // Element-wise arithmetic with NumPy broadcasting, scaling, concatenation and nearest 2x upsampling.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "adabldm/core/tensor.hpp"
@@ -155,6 +156,30 @@ Tensor<T, Cpu> upsample_nearest2x(const Tensor<T, Cpu>& x_in) {
     T* d0 = yp + row * 4 * W;  // output rows 2*iy and 2*iy+1 of the same plane are adjacent
     for (int64_t i = 0; i < W; ++i) d0[2 * i] = d0[2 * i + 1] = s[i];
     std::copy(d0, d0 + 2 * W, d0 + 2 * W);
+  }, 64);
+  return y;
+}
+
+/// Nearest-neighbour resize of x[N, C, H, W] to [N, C, out_h, out_w] (F.interpolate(size=..., mode="nearest"):
+/// source index floor(i * in / out), clamped).
+template <class T>
+Tensor<T, Cpu> upsample_nearest(const Tensor<T, Cpu>& x_in, int64_t out_h, int64_t out_w) {
+  check<ShapeError>(x_in.rank() == 4 && out_h > 0 && out_w > 0, "upsample_nearest: input must be [N, C, H, W] and "
+                    "the size positive, got ", x_in.shape().str(), " -> ", out_h, "x", out_w);
+  const auto x = x_in.contiguous();
+  const int64_t NC = x.dim(0) * x.dim(1), H = x.dim(2), W = x.dim(3);
+  auto y = Tensor<T, Cpu>::empty({x.dim(0), x.dim(1), out_h, out_w});
+  const float sh = static_cast<float>(H) / static_cast<float>(out_h), sw = static_cast<float>(W) / static_cast<float>(out_w);
+  std::vector<int64_t> sx(static_cast<std::size_t>(out_w));
+  for (int64_t j = 0; j < out_w; ++j) sx[j] = std::min<int64_t>(static_cast<int64_t>(std::floor(j * sw)), W - 1);
+  const T* xp = x.data();
+  T* yp = y.data();
+  parallel_for(NC * out_h, [&](int64_t row) {
+    const int64_t plane = row / out_h, i = row % out_h;
+    const int64_t si = std::min<int64_t>(static_cast<int64_t>(std::floor(i * sh)), H - 1);
+    const T* s = xp + (plane * H + si) * W;
+    T* d = yp + row * out_w;
+    for (int64_t j = 0; j < out_w; ++j) d[j] = s[sx[j]];
   }, 64);
   return y;
 }

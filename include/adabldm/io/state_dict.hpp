@@ -1,0 +1,127 @@
+#pragma once
+// StateDict: named tensors read from a checkpoint, still in their stored dtype. Every checkpoint reader
+// (safetensors, PyTorch zip) produces one; model loaders convert each tensor to the model's storage type on
+// lookup, so f16/bf16 files load into any storage type and f32 data is not copied.
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "adabldm/core/dtype.hpp"
+#include "adabldm/core/error.hpp"
+#include "adabldm/core/tensor.hpp"
+
+namespace adabldm::io {
+
+/// One stored tensor: dtype, shape and contiguous little-endian bytes kept alive by `owner`.
+struct TensorRef {
+  DType dtype = DType::F32;
+  Shape shape;
+  std::shared_ptr<void> owner;
+  const std::byte* data = nullptr;
+
+  std::size_t nbytes() const noexcept { return static_cast<std::size_t>(shape.numel()) * dtype_size(dtype); }
+
+  /// The tensor as T (any numeric dtype converts). Zero-copy when the dtype is already T and the bytes are
+  /// aligned: the result then shares the checkpoint's buffer (a copy-on-write mapping for files).
+  template <class T>
+  Tensor<T, Cpu> to() const {
+    if (dtype == dtype_v<T> && reinterpret_cast<std::uintptr_t>(data) % alignof(T) == 0)
+      return Tensor<T, Cpu>::wrap(owner, reinterpret_cast<T*>(const_cast<std::byte*>(data)), shape);
+    auto out = Tensor<T, Cpu>::empty(shape);
+    convert_into(out.data());
+    return out;
+  }
+
+ private:
+  template <class T>
+  void convert_into(T* dst) const {
+    const int64_t n = shape.numel();
+    auto run = [&](auto tag) {
+      using S = decltype(tag);
+      for (int64_t i = 0; i < n; ++i) {
+        S v;
+        std::memcpy(&v, data + static_cast<std::size_t>(i) * sizeof(S), sizeof(S));
+        dst[i] = convert_element<T>(v);
+      }
+    };
+    switch (dtype) {
+      case DType::F32: run(float{}); break;
+      case DType::F16: run(half{}); break;
+      case DType::BF16: run(bfloat16{}); break;
+      case DType::F64: run(double{}); break;
+      case DType::I64: run(int64_t{}); break;
+      case DType::I32: run(int32_t{}); break;
+      case DType::U8:
+      case DType::Bool: run(uint8_t{}); break;
+    }
+  }
+};
+
+/// Named stored tensors plus the file they came from (for error messages).
+class StateDict {
+ public:
+  StateDict() = default;
+  explicit StateDict(std::string source) : source_(std::move(source)) {}
+
+  const std::string& source() const noexcept { return source_; }
+  std::size_t size() const noexcept { return tensors_.size(); }
+  bool empty() const noexcept { return tensors_.empty(); }
+  bool contains(const std::string& name) const { return tensors_.count(name) != 0; }
+  const std::map<std::string, TensorRef>& tensors() const noexcept { return tensors_; }
+  std::map<std::string, std::string>& metadata() noexcept { return metadata_; }
+  const std::map<std::string, std::string>& metadata() const noexcept { return metadata_; }
+
+  void add(const std::string& name, TensorRef ref) {
+    check<FormatError>(tensors_.emplace(name, std::move(ref)).second, source_, ": duplicate tensor name \"", name,
+                       "\"");
+  }
+  template <class T>
+  void add(const std::string& name, const Tensor<T, Cpu>& t) {
+    auto c = t.contiguous();
+    add(name, TensorRef{dtype_v<T>, c.shape(), c.owner(), reinterpret_cast<const std::byte*>(c.data())});
+  }
+  void erase(const std::string& name) { tensors_.erase(name); }
+
+  const TensorRef& at(const std::string& name) const {
+    auto it = tensors_.find(name);
+    if (it == tensors_.end()) throw Error(source_ + ": no tensor named \"" + name + "\"");
+    return it->second;
+  }
+  template <class T>
+  Tensor<T, Cpu> get(const std::string& name) const {
+    return at(name).to<T>();
+  }
+
+  /// The tensors whose names start with `prefix`, with the prefix removed (a component of a single file).
+  StateDict with_prefix(const std::string& prefix) const {
+    StateDict out(source_);
+    for (const auto& [k, v] : tensors_)
+      if (k.compare(0, prefix.size(), prefix) == 0) out.tensors_.emplace(k.substr(prefix.size()), v);
+    out.metadata_ = metadata_;
+    return out;
+  }
+  /// Whether any name starts with `prefix`.
+  bool has_prefix(const std::string& prefix) const {
+    auto it = tensors_.lower_bound(prefix);
+    return it != tensors_.end() && it->first.compare(0, prefix.size(), prefix) == 0;
+  }
+  std::vector<std::string> names() const {
+    std::vector<std::string> n;
+    for (const auto& kv : tensors_) n.push_back(kv.first);
+    return n;
+  }
+  int64_t parameter_count() const {
+    int64_t n = 0;
+    for (const auto& kv : tensors_) n += kv.second.shape.numel();
+    return n;
+  }
+
+ private:
+  std::string source_;
+  std::map<std::string, TensorRef> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+}  // namespace adabldm::io
