@@ -80,3 +80,16 @@ TEST_CASE("loading reports missing, unexpected and mis-shaped keys by name") {
   CHECK_THROWS_WITH_AS(nn::load_state_dict(other, full), doctest::Contains("attn2.to_k.weight: file [64, 32] vs model [64, 16]"),
                        Error);
 }
+
+TEST_CASE("full-size UNet / ControlNet configs give diffusers' exact parameter counts") {
+  const auto counts = io::read_json(golden::path("param_counts.json"));
+  for (const char* key : {"sd15_unet", "sd21_unet"}) {
+    UNet2DConditionModel<float> unet(UNetConfig::from_json({counts.at(key).at("config"), key}));
+    CAPTURE(key);
+    CHECK(nn::parameter_count(unet) == counts.at(key).at("total").get<int64_t>());
+    CHECK(static_cast<int64_t>(nn::parameter_names(unet).size()) == counts.at(key).at("n_tensors").get<int64_t>());
+  }
+  ControlNetModel<float> cn(ControlNetConfig::from_json({counts.at("sd15_controlnet").at("config"), "sd15_controlnet"}));
+  CHECK(nn::parameter_count(cn) == counts.at("sd15_controlnet").at("total").get<int64_t>());
+  CHECK(static_cast<int64_t>(nn::parameter_names(cn).size()) == counts.at("sd15_controlnet").at("n_tensors").get<int64_t>());
+}
