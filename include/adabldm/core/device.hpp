@@ -5,6 +5,11 @@
 #include <cstdlib>
 #include <memory>
 #include <new>
+#include <string>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "adabldm/core/error.hpp"
 
@@ -17,9 +22,15 @@ struct Cpu {
   /// Owning, 64-byte aligned host buffer.
   static std::shared_ptr<void> allocate(std::size_t bytes) {
     if (bytes == 0) bytes = kAlignment;
-    const std::size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
-    void* p = std::aligned_alloc(kAlignment, rounded);
+    // Large buffers are 2 MB aligned and may use transparent huge pages: 512x fewer page faults when a
+    // multi-GB model is loaded.
+    const std::size_t align = bytes >= (std::size_t{8} << 20) ? (std::size_t{2} << 20) : kAlignment;
+    const std::size_t rounded = (bytes + align - 1) / align * align;
+    void* p = std::aligned_alloc(align, rounded);
     if (!p) throw Error("out of host memory allocating " + std::to_string(bytes) + " bytes");
+#if defined(MADV_HUGEPAGE)
+    if (align > kAlignment) ::madvise(p, rounded, MADV_HUGEPAGE);
+#endif
     return std::shared_ptr<void>(p, [](void* q) { std::free(q); });
   }
 };
