@@ -213,6 +213,10 @@ TEST_CASE("softmax and activations") {
           return 0.5 * v * (1 + std::tanh(std::sqrt(2 / pi) * (v + 0.044715 * v * v * v)));
         })) < 1e-6);
   CHECK(rel_err(ops::quick_gelu(a), ref_of([](double v) { return v / (1 + std::exp(-1.702 * v)); })) < 1e-6);
+  CHECK(rel_err(ops::activate(a, ops::Activation::ReLU), ref_of([](double v) { return v > 0 ? v : 0.0; })) == 0);
+  CHECK(rel_err(ops::clamp(a, -1.0f, 0.5f), ref_of([](double v) { return std::min(std::max(v, -1.0), 0.5); })) == 0);
+  auto sq = ops::map(a, [](float v) { return v * v; });
+  CHECK(rel_err(sq, ref_of([](double v) { return double(float(v) * float(v)); })) == 0);
   // erf and tanh GELU really differ (so the tests above can tell them apart)
   CHECK(rel_err(ops::gelu(a, true), dvec(ops::gelu(a))) > 1e-5);
 

@@ -8,7 +8,7 @@
 namespace adabldm::ops {
 
 /// The activation functions the models use, by their PyTorch names.
-enum class Activation { Identity, SiLU, GeluErf, GeluTanh, QuickGelu };
+enum class Activation { Identity, SiLU, GeluErf, GeluTanh, QuickGelu, ReLU };
 
 template <class T>
 inline T activate(Activation a, T x) noexcept {
@@ -21,6 +21,7 @@ inline T activate(Activation a, T x) noexcept {
       return T(0.5) * x * (T(1) + std::tanh(k * (x + T(0.044715) * x * x * x)));
     }
     case Activation::QuickGelu: return x / (T(1) + std::exp(T(-1.702) * x));
+    case Activation::ReLU: return x > T(0) ? x : T(0);
   }
   return x;
 }

@@ -98,6 +98,30 @@ Tensor<T, Cpu>& add_(Tensor<T, Cpu>& a, const Tensor<T, Cpu>& b) {
   return a;
 }
 
+/// out[i] = f(x[i]) as a new contiguous tensor.
+template <class T, class F>
+Tensor<T, Cpu> map(const Tensor<T, Cpu>& x_in, F f) {
+  const auto x = x_in.contiguous();
+  auto y = Tensor<T, Cpu>::empty(x.shape());
+  const T* xp = x.data();
+  T* yp = y.data();
+  parallel_for(x.numel(), [&](int64_t i) { yp[i] = f(xp[i]); }, 1 << 14);
+  return y;
+}
+/// x[i] = f(x[i]) in place (x contiguous).
+template <class T, class F>
+Tensor<T, Cpu>& map_(Tensor<T, Cpu>& x, F f) {
+  check<ShapeError>(x.is_contiguous(), "map_: in-place op on a non-contiguous tensor");
+  T* p = x.data();
+  parallel_for(x.numel(), [&](int64_t i) { p[i] = f(p[i]); }, 1 << 14);
+  return x;
+}
+/// Clamps every element to [lo, hi].
+template <class T>
+Tensor<T, Cpu> clamp(const Tensor<T, Cpu>& x, T lo, T hi) {
+  return map(x, [=](T v) { return std::min(std::max(v, lo), hi); });
+}
+
 /// alpha * x + beta (a new tensor).
 template <class T>
 Tensor<T, Cpu> affine(const Tensor<T, Cpu>& x_in, T alpha, T beta = T(0)) {
