@@ -71,7 +71,7 @@ struct TensorRef {
       parallel_for((n + kChunk - 1) / kChunk, [&](int64_t c) {
         const int64_t b = c * kChunk, e = std::min(n, b + kChunk);
         if constexpr (std::is_same_v<S, half> && std::is_same_v<T, float>) {
-          if (detail::f16_to_f32_fast(data + b * 2, dst + b, e - b)) return;
+          if (detail::f16_to_f32_fast(data + b * 2, reinterpret_cast<float*>(dst) + b, e - b)) return;
         }
         for (int64_t i = b; i < e; ++i) {
           S v;
