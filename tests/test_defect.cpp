@@ -279,15 +279,19 @@ TEST_CASE("trimap: 0 background, 0.5 foreground, 1 defect; the defect wins") {
   CHECK_THROWS_AS(make_trimap(m, Plane::zeros({1, 1, 3, 5})), ShapeError);
 }
 
-TEST_CASE("latent mask: nearest resize then 5 x 5 dilation, 1 = generate; pixel mask undilated") {
+TEST_CASE("latent mask: resize (official nearest, or cover) then 5 x 5 dilation, 1 = generate; pixel mask undilated") {
   auto m = Plane::zeros({1, 1, 16, 16});
   m.at({0, 0, 4, 6}) = 1.0f;    // sampled (even row and column) -> latent (2, 3)
   m.at({0, 0, 9, 3}) = 1.0f;    // odd row: nearest 16 -> 8 reads rows 0, 2, 4, ..., so it is dropped
   m.at({0, 0, 10, 12}) = 1.0f;  // -> latent (5, 6)
-  const auto lat = latent_mask(m, 8, 8);
+  const auto lat = latent_mask(m, 8, 8, 5, LatentMaskResize::Nearest);
   CHECK(values(lat) == values(mask_from_rows({".#####..", ".#####..", ".#####..", ".#######", ".#######",
                                               "....####", "....####", "....####"})));
-  CHECK(values(latent_mask(m, 8, 8, 1)) == values(resize_nearest(m, 8, 8)));  // dilation 1 = none
+  CHECK(values(latent_mask(m, 8, 8, 1, LatentMaskResize::Nearest)) == values(resize_nearest(m, 8, 8)));  // no dilation
+  // Cover (the default) keeps every defect pixel: (9, 3) -> latent (4, 1) too.
+  CHECK(values(latent_mask(m, 8, 8, 1)) == values(mask_from_rows({"........", "........", "...#....", "........",
+                                                                  ".#......", "......#.", "........", "........"})));
+  CHECK(values(resize_cover(m, 16, 16)) == values(m));  // same size: identity
   const auto pix = pixel_mask(m);
   CHECK(values(pix) == values(m));
   CHECK(count(pix) == 3);

@@ -65,10 +65,36 @@ inline Tensor<float, Cpu> pixel_mask(const Tensor<float, Cpu>& defect_mask) {
 /// Latent mask for the latent-space blend: the defect mask nearest-resized to latent_h x latent_w (cv2
 /// INTER_NEAREST), binarised, then dilated with a dilation x dilation square (official: 5, i.e. 2 latent
 /// pixels, about 16 image pixels at f = 8). 1 = GENERATE inside the dilated defect, [1, 1, h, w].
-inline Tensor<float, Cpu> latent_mask(const Tensor<float, Cpu>& defect_mask, int latent_h, int latent_w, int dilation = 5) {
+/// How the pixel-resolution defect becomes latent-resolution: Nearest is the official code (cv2 INTER_NEAREST,
+/// which can miss a thin defect entirely: a 1-2 px crack falls between the sampled pixels); Cover marks every
+/// latent cell that contains any defect pixel, so no defect is ever lost (the default).
+enum class LatentMaskResize { Cover, Nearest };
+
+/// Max over the input cells each output cell covers ([1, 1, H, W] -> [1, 1, h, w]).
+inline Tensor<float, Cpu> resize_cover(const Tensor<float, Cpu>& m_in, int out_h, int out_w) {
+  const auto m = detail::mask_arg(m_in, "resize_cover");
+  const int64_t H = m.dim(2), W = m.dim(3);
+  check(out_h > 0 && out_w > 0, "resize_cover: size must be positive");
+  auto out = Tensor<float, Cpu>::zeros({1, 1, out_h, out_w});
+  for (int64_t y = 0; y < H; ++y)
+    for (int64_t x = 0; x < W; ++x) {
+      const float v = m.data()[y * W + x];
+      if (v <= 0.0f) continue;
+      // every output cell whose span [i*H/h, (i+1)*H/h) contains input row y
+      const int64_t i0 = y * out_h / H, i1 = ((y + 1) * out_h - 1) / H;
+      const int64_t j0 = x * out_w / W, j1 = ((x + 1) * out_w - 1) / W;
+      for (int64_t i = i0; i <= i1; ++i)
+        for (int64_t j = j0; j <= j1; ++j) out.data()[i * out_w + j] = std::max(out.data()[i * out_w + j], v);
+    }
+  return out;
+}
+
+inline Tensor<float, Cpu> latent_mask(const Tensor<float, Cpu>& defect_mask, int latent_h, int latent_w, int dilation = 5,
+                                      LatentMaskResize resize = LatentMaskResize::Cover) {
   const auto m = detail::mask_arg(defect_mask, "latent_mask");
   check(dilation >= 1, "latent_mask: dilation must be >= 1 (1 = none), got ", dilation);
-  return dilate(binarise(resize_nearest(m, latent_h, latent_w), 0.5f - 1e-6f), dilation);
+  const auto small = resize == LatentMaskResize::Cover ? resize_cover(m, latent_h, latent_w) : resize_nearest(m, latent_h, latent_w);
+  return dilate(binarise(small, 0.5f - 1e-6f), dilation);
 }
 
 /// The complement 1 - m: converts between this library's polarity (1 = generate) and the official one

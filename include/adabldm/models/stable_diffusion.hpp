@@ -39,11 +39,13 @@ struct StableDiffusion {
     const ModelSource src(path, opt);
     check<FormatError>(src.kind() != SourceKind::ComponentFolder, path,
                        ": a single component folder; give the pipeline folder (with model_index.json) or a single file");
-    StableDiffusion sd{load_unet(src), load_vae(src), load_text_encoder(src), text::ClipTokenizer::load_default(),
+    const bool own_tokenizer = src.has_component("tokenizer");
+    StableDiffusion sd{load_unet(src), load_vae(src), load_text_encoder(src),
+                       own_tokenizer ? text::ClipTokenizer::from_folder(src.component_dir("tokenizer"))
+                                     : text::ClipTokenizer::load_default(),
                        sd_scheduler_config(), text::ClipTokenizer::Pad::Eos, std::nullopt};
     if (src.kind() == SourceKind::DiffusersPipeline) {
       namespace fs = std::filesystem;
-      if (src.has_component("tokenizer")) sd.tokenizer = text::ClipTokenizer::from_folder(src.component_dir("tokenizer"));
       const fs::path sched = fs::path(path) / "scheduler" / "scheduler_config.json";
       if (fs::exists(sched))
         sd.scheduler = sampling::SchedulerConfig::from_json({io::read_json(sched.string()), sched.string()});
