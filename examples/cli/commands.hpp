@@ -1,5 +1,10 @@
 #pragma once
 // The adabldm tool's commands; each lives in its own .cpp file.
 namespace cli {
-int cmd_inspect(int argc, char** argv);
+int cmd_inspect(int argc, char** argv);   // inspect.cpp
+int cmd_tokenize(int argc, char** argv);  // tokenize.cpp
+int cmd_forward(int argc, char** argv);   // forward.cpp (+ forward_models.cpp)
+int cmd_convert(int argc, char** argv);   // convert.cpp
+int cmd_sample(int argc, char** argv);    // sample.cpp
+int cmd_generate(int argc, char** argv);  // generate.cpp
 }  // namespace cli

@@ -16,7 +16,12 @@ struct Command {
   const char* summary;
 };
 const Command kCommands[] = {
-    {"inspect", cli::cmd_inspect, "show the format, tensors, dtypes and parameter counts of a checkpoint"},
+    {"generate", cli::cmd_generate, "generate defect images with pixel-exact masks (the AdaBLDM pipeline)"},
+    {"sample", cli::cmd_sample, "plain text(+trimap)-to-image sampling, as diffusers' pipelines do it"},
+    {"inspect", cli::cmd_inspect, "show the format, components, dtypes and parameter counts of a model or config"},
+    {"tokenize", cli::cmd_tokenize, "print the CLIP token ids of strings (77 per string, JSON)"},
+    {"forward", cli::cmd_forward, "run one model component on named inputs (safetensors in, safetensors out)"},
+    {"convert", cli::cmd_convert, "convert between a diffusers pipeline folder and a single-file checkpoint"},
 };
 
 void usage() {
