@@ -33,7 +33,6 @@ else()
 endif()
 find_dependency(ZLIB)
 find_dependency(Threads)
-find_package(OpenMP QUIET COMPONENTS CXX)
 
 if(NOT TARGET adabldm::stb)
   add_library(adabldm::stb INTERFACE IMPORTED)

@@ -1,6 +1,8 @@
 #pragma once
 // Tensor<T, Dev>: a reference-counted N-d array. Copies share the buffer (like torch.Tensor); views (reshape,
 // slice, narrow, permute) share it too. Ops expect contiguous row-major inputs; `contiguous()` makes one.
+// A tensor that requires a gradient carries autograd::Meta (docs/autograd.md); its views and copies are recorded
+// on the active tape like any op, so model code is the same for inference and training.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -10,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "adabldm/core/autograd_meta.hpp"
 #include "adabldm/core/device.hpp"
 #include "adabldm/core/dtype.hpp"
 #include "adabldm/core/error.hpp"
@@ -72,6 +75,17 @@ class Tensor {
   /// The buffer's owner (keeps a mapped file or device allocation alive).
   const std::shared_ptr<void>& owner() const noexcept { return owner_; }
 
+  /// Whether this tensor takes part in differentiation (it carries autograd metadata).
+  bool requires_grad() const noexcept { return meta_ != nullptr; }
+  const std::shared_ptr<autograd::Meta>& autograd_meta() const noexcept { return meta_; }
+  void set_autograd_meta(std::shared_ptr<autograd::Meta> meta) noexcept { meta_ = std::move(meta); }
+  /// The same data as a constant (no autograd metadata).
+  Tensor detach() const {
+    Tensor t = *this;
+    t.meta_.reset();
+    return t;
+  }
+
   bool is_contiguous() const noexcept { return strides_ == contiguous_strides(shape_); }
 
   /// Same data, new shape (one entry may be -1). Needs a contiguous tensor.
@@ -98,7 +112,7 @@ class Tensor {
     Tensor t = *this;
     t.shape_ = s;
     t.strides_ = contiguous_strides(s);
-    return t;
+    return view_of(std::move(t), {autograd::ViewSpec::Reshape});
   }
   Tensor reshape(const Shape& s) const { return reshape(s.vec()); }
 
@@ -113,13 +127,18 @@ class Tensor {
     Tensor t = *this;
     t.data_ = data_ + start * strides_[k];
     t.shape_[k] = length;
-    return t;
+    autograd::ViewSpec spec{autograd::ViewSpec::Narrow};
+    spec.dim = k;
+    spec.start = start;
+    return view_of(std::move(t), spec);
   }
   /// Reorders dimensions (a strided view): out.dim(i) = in.dim(order[i]).
-  Tensor permute(std::initializer_list<int> order) const {
+  Tensor permute(std::initializer_list<int> order) const { return permute(std::vector<int>(order)); }
+  Tensor permute(const std::vector<int>& order) const {
     check<ShapeError>(static_cast<int>(order.size()) == rank(), "permute: ", order.size(), " axes for ",
                       shape_.str());
     Tensor t = *this;
+    autograd::ViewSpec spec{autograd::ViewSpec::Permute};
     int i = 0;
     std::vector<bool> seen(static_cast<std::size_t>(rank()), false);
     for (int a : order) {
@@ -127,15 +146,20 @@ class Tensor {
       seen[static_cast<std::size_t>(a)] = true;
       t.shape_[i] = shape_[a];
       t.strides_[i] = strides_[a];
+      spec.order[static_cast<std::size_t>(i)] = a;
       ++i;
     }
-    return t;
+    return view_of(std::move(t), spec);
   }
 
   /// This tensor if contiguous, else a contiguous copy.
   Tensor contiguous() const { return is_contiguous() ? *this : clone(); }
   /// A contiguous deep copy.
-  Tensor clone() const { return copy_to_contiguous(*this); }
+  Tensor clone() const {
+    Tensor t = copy_to_contiguous(*this);
+    if (meta_ && autograd::recording()) autograd::detail::record_view(*this, t, {autograd::ViewSpec::Copy});
+    return t;
+  }
 
   /// Host only: element access by index.
   T& at(std::initializer_list<int64_t> idx) const {
@@ -167,10 +191,21 @@ class Tensor {
   }
 
  private:
+  /// A view `t` made from this tensor: a constant, unless this tensor requires a gradient and a tape is
+  /// recording, in which case the view is recorded (its gradient flows back into this tensor).
+  Tensor view_of(Tensor t, const autograd::ViewSpec& spec) const {
+    if (meta_) {
+      t.meta_.reset();
+      if (autograd::recording()) autograd::detail::record_view(*this, t, spec);
+    }
+    return t;
+  }
+
   std::shared_ptr<void> owner_;
   T* data_ = nullptr;
   Shape shape_;
   Shape strides_;
+  std::shared_ptr<autograd::Meta> meta_;  // null unless the tensor requires a gradient
 };
 
 /// Contiguous copy of a (possibly strided) host tensor.
@@ -212,3 +247,7 @@ void expect_rank(const Tensor<T, Dev>& t, int rank, const char* what) {
 }
 
 }  // namespace adabldm
+
+// The typed half of autograd (gradients, recording ops and views). Included here, after Tensor is complete, so
+// that every user of tensors gets the definitions the member views above only declare.
+#include "adabldm/autograd/record.hpp"

@@ -1,9 +1,11 @@
 #pragma once
 // The UNet's down, mid and up blocks (diffusers CrossAttnDownBlock2D / DownBlock2D, UNetMidBlock2DCrossAttn,
-// CrossAttnUpBlock2D / UpBlock2D). A block without attentions is the plain variant.
+// CrossAttnUpBlock2D / UpBlock2D). A block without attentions is the plain variant. Every resnet and transformer
+// call goes through autograd::maybe_checkpoint: a direct call unless autograd::CheckpointBlocks is on in training.
 #include <string>
 #include <vector>
 
+#include "adabldm/autograd/checkpoint.hpp"
 #include "adabldm/nn/attention.hpp"
 #include "adabldm/nn/resnet.hpp"
 
@@ -39,8 +41,8 @@ struct UNetDownBlock {
   Tensor<T, Dev> operator()(Tensor<T, Dev> h, const Tensor<T, Dev>& temb, const Tensor<T, Dev>& context,
                             std::vector<Tensor<T, Dev>>& skips) const {
     for (std::size_t j = 0; j < resnets.size(); ++j) {
-      h = resnets[j](h, temb);
-      if (!attentions.empty()) h = attentions[j](h, context);
+      h = autograd::maybe_checkpoint(resnets[j], h, temb);
+      if (!attentions.empty()) h = autograd::maybe_checkpoint(attentions[j], h, context);
       skips.push_back(h);
     }
     for (const auto& d : downsamplers) {
@@ -72,8 +74,9 @@ struct UNetMidBlock {
     for (auto& r : resnets) r.output_scale_factor = output_scale_factor;
   }
   Tensor<T, Dev> operator()(Tensor<T, Dev> h, const Tensor<T, Dev>& temb, const Tensor<T, Dev>& context) const {
-    h = resnets[0](h, temb);
-    for (std::size_t i = 0; i < attentions.size(); ++i) h = resnets[i + 1](attentions[i](h, context), temb);
+    h = autograd::maybe_checkpoint(resnets[0], h, temb);
+    for (std::size_t i = 0; i < attentions.size(); ++i)
+      h = autograd::maybe_checkpoint(resnets[i + 1], autograd::maybe_checkpoint(attentions[i], h, context), temb);
     return h;
   }
   template <class F>
@@ -110,8 +113,8 @@ struct UNetUpBlock {
       check<ShapeError>(!skips.empty(), "UNet up block: no skip connection left");
       h = ops::concat<T>({h, skips.back()}, 1);
       skips.pop_back();
-      h = resnets[j](h, temb);
-      if (!attentions.empty()) h = attentions[j](h, context);
+      h = autograd::maybe_checkpoint(resnets[j], h, temb);
+      if (!attentions.empty()) h = autograd::maybe_checkpoint(attentions[j], h, context);
     }
     for (const auto& u : upsamplers) h = u(h, up_h, up_w);
     return h;

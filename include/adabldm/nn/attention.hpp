@@ -61,8 +61,8 @@ struct BasicTransformerBlock {
       : norm1(dim, 1e-5), norm2(dim, 1e-5), norm3(dim, 1e-5), attn1(dim, dim, heads, head_dim),
         attn2(dim, cross_dim, heads, head_dim), ff(dim) {}
 
-  Tensor<T, Dev> operator()(Tensor<T, Dev> x, const Tensor<T, Dev>& context) const {
-    ops::add_(x, attn1(norm1(x)));
+  Tensor<T, Dev> operator()(const Tensor<T, Dev>& x_in, const Tensor<T, Dev>& context) const {
+    auto x = ops::add(x_in, attn1(norm1(x_in)));  // out of place: the caller's tensor is left as it was
     ops::add_(x, attn2(norm2(x), context));
     ops::add_(x, ff(norm3(x)));
     return x;

@@ -2,6 +2,10 @@
 // Scaled-dot-product multi-head attention, flash style: queries in tiles of 64, keys/values in tiles of 256,
 // an online softmax (running max and sum) per query row, so the L x L score matrix is never materialised
 // (64 x 256 scores per task at any sequence length).
+//
+// Backward (FlashAttention-2, Dao 2023): the forward saves each query row's log-sum-exp; the backward recomputes
+// the probabilities tile by tile as exp(s - lse) in two passes, one over query tiles (dQ) and one over key tiles
+// (dK, dV), so every gradient element is written by one task and L x L is never materialised either.
 #include <cmath>
 #include <limits>
 
@@ -18,35 +22,36 @@ struct AttentionParams {
   bool causal = false;  ///< query i sees keys j <= i (CLIP's text encoder)
 };
 
-/// q[B, Lq, H*D], k[B, Lk, H*D], v[B, Lk, H*Dv] -> [B, Lq, H*Dv]. Heads are interleaved along the last
-/// dimension exactly as diffusers' / transformers' head_to_batch_dim reshapes expect (head h = columns h*D..).
+namespace detail {
 template <class T>
-Tensor<T, Cpu> attention(const Tensor<T, Cpu>& q_in, const Tensor<T, Cpu>& k_in, const Tensor<T, Cpu>& v_in,
-                         const AttentionParams& p) {
-  check<ShapeError>(q_in.rank() == 3 && k_in.rank() == 3 && v_in.rank() == 3,
-                    "attention: q, k, v must be [B, L, H*D], got ", q_in.shape().str(), ", ", k_in.shape().str(),
-                    ", ", v_in.shape().str());
-  const int64_t B = q_in.dim(0), Lq = q_in.dim(1), Lk = k_in.dim(1), H = p.heads;
-  check<ShapeError>(k_in.dim(0) == B && v_in.dim(0) == B && v_in.dim(1) == Lk,
-                    "attention: batch or key length mismatch: q ", q_in.shape().str(), ", k ", k_in.shape().str(),
-                    ", v ", v_in.shape().str());
-  check<ShapeError>(H > 0 && q_in.dim(2) % H == 0 && v_in.dim(2) % H == 0 && q_in.dim(2) == k_in.dim(2),
-                    "attention: widths ", q_in.dim(2), "/", k_in.dim(2), "/", v_in.dim(2), " do not split into ", H,
-                    " heads");
-  check<ShapeError>(Lk > 0, "attention: empty key sequence");
-  const auto q = q_in.contiguous();
-  const auto k = k_in.contiguous();
-  const auto v = v_in.contiguous();
-  const int64_t D = q.dim(2) / H, Dv = v.dim(2) / H, qw = q.dim(2), vw = v.dim(2);
-  const T scale = static_cast<T>(p.scale > 0 ? p.scale : 1.0 / std::sqrt(static_cast<double>(D)));
-  auto out = Tensor<T, Cpu>::empty({B, Lq, vw});
-
-  constexpr int64_t kTq = 64, kTk = 256;
-  const int64_t q_tiles = (Lq + kTq - 1) / kTq;
+struct AttentionTypes {
   using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using CMap = Eigen::Map<const Mat, Eigen::Unaligned, Eigen::OuterStride<>>;
   using OMap = Eigen::Map<Mat, Eigen::Unaligned, Eigen::OuterStride<>>;
   using Vec = Eigen::Array<T, Eigen::Dynamic, 1>;
+};
+
+template <class T>
+T attention_scale(const AttentionParams& p, int64_t head_dim) {
+  return static_cast<T>(p.scale > 0 ? p.scale : 1.0 / std::sqrt(static_cast<double>(head_dim)));
+}
+
+/// The forward on contiguous q, k, v; writes each query row's log-sum-exp of the scaled scores to lse
+/// ([B, H, Lq]) when lse is not null.
+template <class T>
+Tensor<T, Cpu> attention_forward(const Tensor<T, Cpu>& q, const Tensor<T, Cpu>& k, const Tensor<T, Cpu>& v,
+                                 const AttentionParams& p, T* lse) {
+  const int64_t B = q.dim(0), Lq = q.dim(1), Lk = k.dim(1), H = p.heads;
+  const int64_t D = q.dim(2) / H, Dv = v.dim(2) / H, qw = q.dim(2), vw = v.dim(2);
+  const T scale = attention_scale<T>(p, D);
+  auto out = Tensor<T, Cpu>::empty({B, Lq, vw});
+
+  constexpr int64_t kTq = 64, kTk = 256;
+  const int64_t q_tiles = (Lq + kTq - 1) / kTq;
+  using Mat = typename AttentionTypes<T>::Mat;
+  using CMap = typename AttentionTypes<T>::CMap;
+  using OMap = typename AttentionTypes<T>::OMap;
+  using Vec = typename AttentionTypes<T>::Vec;
   const T* qp = q.data();
   const T* kp = k.data();
   const T* vp = v.data();
@@ -79,6 +84,142 @@ Tensor<T, Cpu> attention(const Tensor<T, Cpu>& q_in, const Tensor<T, Cpu>& k_in,
     }
     OMap(op + (b * Lq + q0) * vw + h * Dv, tq, Dv, Eigen::OuterStride<>(vw)) =
         l.inverse().matrix().asDiagonal() * O;
+    if (lse)
+      for (int64_t i = 0; i < tq; ++i) lse[(b * H + h) * Lq + q0 + i] = m(i) + std::log(l(i));
+  }, grain_for(2 * kTq * Lk * (D + Dv)));
+  return out;
+}
+}  // namespace detail
+
+/// Gradients of out = attention(q, k, v) given dout, from the saved inputs, output and log-sum-exp (all
+/// contiguous). dq / dk / dv are computed only when the pointer is not null.
+template <class T>
+void attention_backward(const Tensor<T, Cpu>& dout, const Tensor<T, Cpu>& q, const Tensor<T, Cpu>& k,
+                        const Tensor<T, Cpu>& v, const Tensor<T, Cpu>& out, const Tensor<T, Cpu>& lse,
+                        const AttentionParams& p, Tensor<T, Cpu>* dq, Tensor<T, Cpu>* dk, Tensor<T, Cpu>* dv) {
+  const int64_t B = q.dim(0), Lq = q.dim(1), Lk = k.dim(1), H = p.heads;
+  const int64_t D = q.dim(2) / H, Dv = v.dim(2) / H, qw = q.dim(2), vw = v.dim(2);
+  const T scale = detail::attention_scale<T>(p, D);
+  using Mat = typename detail::AttentionTypes<T>::Mat;
+  using CMap = typename detail::AttentionTypes<T>::CMap;
+  using OMap = typename detail::AttentionTypes<T>::OMap;
+  const T *qp = q.data(), *kp = k.data(), *vp = v.data(), *gp = dout.data(), *lp = lse.data(), *outp = out.data();
+
+  // delta[b, h, i] = sum_d dout * out over the head's columns: the softmax backward's row term.
+  std::vector<T> delta(static_cast<std::size_t>(B * H * Lq));
+  parallel_for(B * Lq, [&](int64_t bi) {
+    const int64_t b = bi / Lq, i = bi % Lq;
+    for (int64_t h = 0; h < H; ++h) {
+      T s = 0;
+      for (int64_t d = 0; d < Dv; ++d) s += gp[bi * vw + h * Dv + d] * outp[bi * vw + h * Dv + d];
+      delta[static_cast<std::size_t>((b * H + h) * Lq + i)] = s;
+    }
+  }, grain_for(H * Dv));
+
+  // P = exp(scale * Q K^T - lse) for query rows [q0, q0 + tq) and keys [k0, k0 + tk), causal entries zeroed.
+  auto probabilities = [&](Mat& P, const CMap& Q, const CMap& K, int64_t b, int64_t h, int64_t q0, int64_t tq,
+                           int64_t k0, int64_t tk) {
+    P.resize(tq, tk);
+    P.noalias() = scale * Q * K.transpose();
+    for (int64_t i = 0; i < tq; ++i) {
+      const T row_lse = lp[(b * H + h) * Lq + q0 + i];
+      for (int64_t j = 0; j < tk; ++j)
+        P(i, j) = (p.causal && k0 + j > q0 + i) ? T(0) : std::exp(P(i, j) - row_lse);
+    }
+  };
+  // dS = P .* (dO V^T - delta) (in place of P).
+  auto score_gradient = [&](Mat& P, const CMap& dO, const CMap& V, int64_t b, int64_t h, int64_t q0, int64_t tq) {
+    const Mat dP = dO * V.transpose();
+    for (int64_t i = 0; i < tq; ++i) {
+      const T di = delta[static_cast<std::size_t>((b * H + h) * Lq + q0 + i)];
+      P.row(i).array() *= dP.row(i).array() - di;
+    }
+  };
+
+  if (dq) {  // pass 1: one task per (batch, head, query tile), looping over key tiles
+    *dq = Tensor<T, Cpu>::empty(q.shape());
+    T* dqp = dq->data();
+    constexpr int64_t kTq = 64, kTk = 256;
+    const int64_t q_tiles = (Lq + kTq - 1) / kTq;
+    parallel_for(B * H * q_tiles, [&](int64_t task) {
+      const int64_t b = task / (H * q_tiles), h = task / q_tiles % H, q0 = task % q_tiles * kTq;
+      const int64_t tq = std::min(kTq, Lq - q0);
+      CMap Q(qp + (b * Lq + q0) * qw + h * D, tq, D, Eigen::OuterStride<>(qw));
+      CMap dO(gp + (b * Lq + q0) * vw + h * Dv, tq, Dv, Eigen::OuterStride<>(vw));
+      Mat acc = Mat::Zero(tq, D), P;
+      const int64_t k_end = p.causal ? std::min(Lk, q0 + tq) : Lk;
+      for (int64_t k0 = 0; k0 < k_end; k0 += kTk) {
+        const int64_t tk = std::min(kTk, k_end - k0);
+        CMap K(kp + (b * Lk + k0) * qw + h * D, tk, D, Eigen::OuterStride<>(qw));
+        CMap V(vp + (b * Lk + k0) * vw + h * Dv, tk, Dv, Eigen::OuterStride<>(vw));
+        probabilities(P, Q, K, b, h, q0, tq, k0, tk);
+        score_gradient(P, dO, V, b, h, q0, tq);
+        acc.noalias() += P * K;
+      }
+      OMap(dqp + (b * Lq + q0) * qw + h * D, tq, D, Eigen::OuterStride<>(qw)) = scale * acc;
+    }, grain_for(4 * kTq * Lk * (D + Dv)));
+  }
+  if (dk || dv) {  // pass 2: one task per (batch, head, key tile), looping over query tiles
+    if (dk) *dk = Tensor<T, Cpu>::empty(k.shape());
+    if (dv) *dv = Tensor<T, Cpu>::empty(v.shape());
+    T* dkp = dk ? dk->data() : nullptr;
+    T* dvp = dv ? dv->data() : nullptr;
+    constexpr int64_t kTk = 64, kTq = 256;
+    const int64_t k_tiles = (Lk + kTk - 1) / kTk;
+    parallel_for(B * H * k_tiles, [&](int64_t task) {
+      const int64_t b = task / (H * k_tiles), h = task / k_tiles % H, k0 = task % k_tiles * kTk;
+      const int64_t tk = std::min(kTk, Lk - k0);
+      CMap K(kp + (b * Lk + k0) * qw + h * D, tk, D, Eigen::OuterStride<>(qw));
+      CMap V(vp + (b * Lk + k0) * vw + h * Dv, tk, Dv, Eigen::OuterStride<>(vw));
+      Mat acc_k = Mat::Zero(tk, D), acc_v = Mat::Zero(tk, Dv), P;
+      // Causal: query rows before k0 see none of these keys.
+      for (int64_t q0 = p.causal ? k0 / kTq * kTq : 0; q0 < Lq; q0 += kTq) {
+        const int64_t tq = std::min(kTq, Lq - q0);
+        CMap Q(qp + (b * Lq + q0) * qw + h * D, tq, D, Eigen::OuterStride<>(qw));
+        CMap dO(gp + (b * Lq + q0) * vw + h * Dv, tq, Dv, Eigen::OuterStride<>(vw));
+        probabilities(P, Q, K, b, h, q0, tq, k0, tk);
+        if (dv) acc_v.noalias() += P.transpose() * dO;
+        if (!dk) continue;
+        score_gradient(P, dO, V, b, h, q0, tq);
+        acc_k.noalias() += P.transpose() * Q;
+      }
+      if (dk) OMap(dkp + (b * Lk + k0) * qw + h * D, tk, D, Eigen::OuterStride<>(qw)) = scale * acc_k;
+      if (dv) OMap(dvp + (b * Lk + k0) * vw + h * Dv, tk, Dv, Eigen::OuterStride<>(vw)) = acc_v;
+    }, grain_for(4 * kTk * Lq * (D + Dv)));
+  }
+}
+
+/// q[B, Lq, H*D], k[B, Lk, H*D], v[B, Lk, H*Dv] -> [B, Lq, H*Dv]. Heads are interleaved along the last
+/// dimension exactly as diffusers' / transformers' head_to_batch_dim reshapes expect (head h = columns h*D..).
+template <class T>
+Tensor<T, Cpu> attention(const Tensor<T, Cpu>& q_in, const Tensor<T, Cpu>& k_in, const Tensor<T, Cpu>& v_in,
+                         const AttentionParams& p) {
+  check<ShapeError>(q_in.rank() == 3 && k_in.rank() == 3 && v_in.rank() == 3,
+                    "attention: q, k, v must be [B, L, H*D], got ", q_in.shape().str(), ", ", k_in.shape().str(),
+                    ", ", v_in.shape().str());
+  const int64_t B = q_in.dim(0), Lq = q_in.dim(1), Lk = k_in.dim(1), H = p.heads;
+  check<ShapeError>(k_in.dim(0) == B && v_in.dim(0) == B && v_in.dim(1) == Lk,
+                    "attention: batch or key length mismatch: q ", q_in.shape().str(), ", k ", k_in.shape().str(),
+                    ", v ", v_in.shape().str());
+  check<ShapeError>(H > 0 && q_in.dim(2) % H == 0 && v_in.dim(2) % H == 0 && q_in.dim(2) == k_in.dim(2),
+                    "attention: widths ", q_in.dim(2), "/", k_in.dim(2), "/", v_in.dim(2), " do not split into ", H,
+                    " heads");
+  check<ShapeError>(Lk > 0, "attention: empty key sequence");
+  const auto q = q_in.contiguous();
+  const auto k = k_in.contiguous();
+  const auto v = v_in.contiguous();
+  if (!autograd::should_record(q, k, v)) return detail::attention_forward<T>(q, k, v, p, nullptr);
+  auto lse = Tensor<T, Cpu>::empty({B, H, Lq});
+  auto out = detail::attention_forward<T>(q, k, v, p, lse.data());
+  // The backward needs q, k, v and the output whatever is wanted (the probabilities are recomputed).
+  autograd::record("attention", out, [sq = autograd::slot(q), sk = autograd::slot(k), sv = autograd::slot(v),
+                                      q = q.detach(), k = k.detach(), v = v.detach(), o = out.detach(), lse,
+                                      p](const Tensor<T, Cpu>& g) {
+    Tensor<T, Cpu> dq, dk, dv;
+    attention_backward(g, q, k, v, o, lse, p, sq ? &dq : nullptr, sk ? &dk : nullptr, sv ? &dv : nullptr);
+    if (sq) sq.add(dq);
+    if (sk) sk.add(dk);
+    if (sv) sv.add(dv);
   });
   return out;
 }

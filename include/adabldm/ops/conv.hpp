@@ -1,6 +1,7 @@
 #pragma once
 // 2-D convolution (PyTorch nn.Conv2d semantics, groups = 1) as im2col + GEMM, with a direct GEMM for 1x1
 // stride-1 convolutions. im2col is done in bands of output rows so its buffer stays small at any image size.
+// Backward: dW = dY @ col^T over the same bands, dX = col2im(W^T @ dY), db = the sums of dY.
 #include <algorithm>
 #include <vector>
 
@@ -53,9 +54,96 @@ void im2col_band(const T* x, int64_t C, int64_t H, int64_t W, int kh, int kw, co
         }
       }
     }
-  }, 8);
+  }, grain_for(cols));
+}
+
+/// The adjoint of im2col_band: adds col[(c*kh + ky)*kw + kx][(oy-oy0)*Wo + ox] into dx[c, iy, ix]. Split over
+/// channels, so every dx element is written by one thread in a fixed order.
+template <class T>
+void col2im_band(const T* col, int64_t C, int64_t H, int64_t W, int kh, int kw, const Conv2dParams& p, int64_t Wo,
+                 int64_t oy0, int64_t oy1, T* dx) {
+  const int64_t cols = (oy1 - oy0) * Wo;
+  parallel_for(C, [&](int64_t c) {
+    T* dst = dx + c * H * W;
+    for (int ky = 0; ky < kh; ++ky)
+      for (int kx = 0; kx < kw; ++kx) {
+        const T* src = col + ((c * kh + ky) * kw + kx) * cols;
+        for (int64_t oy = oy0; oy < oy1; ++oy) {
+          const int64_t iy = oy * p.stride - p.pad_top + ky;
+          if (iy < 0 || iy >= H) continue;
+          const T* s = src + (oy - oy0) * Wo;
+          T* d = dst + iy * W;
+          for (int64_t ox = 0; ox < Wo; ++ox) {
+            const int64_t ix = ox * p.stride - p.pad_left + kx;
+            if (ix >= 0 && ix < W) d[ix] += s[ox];
+          }
+        }
+      }
+  }, grain_for(kh * kw * cols));
+}
+
+inline bool is_pointwise(int kh, int kw, const Conv2dParams& p) {
+  return kh == 1 && kw == 1 && p.stride == 1 && p.pad_top == 0 && p.pad_bottom == 0 && p.pad_left == 0 &&
+         p.pad_right == 0;
+}
+/// Output rows per im2col band: about 2048 output positions per band (8 GEMM blocks of 256 columns, so the
+/// threads stay balanced), fewer when the column buffer would pass 32 MB.
+template <class T>
+int64_t band_rows(int64_t Kdim, int64_t Wo, int64_t Ho) {
+  const int64_t by_width = (2048 + Wo - 1) / std::max<int64_t>(1, Wo);
+  const int64_t by_memory = (int64_t{32} << 20) / static_cast<int64_t>(sizeof(T)) / std::max<int64_t>(1, Kdim * Wo);
+  return std::clamp<int64_t>(std::min(by_width, by_memory), 1, Ho);
 }
 }  // namespace detail
+
+/// The gradients of conv2d given dy [N, O, Ho, Wo]: dx (when x_shape is wanted: need_dx), dw and db (when
+/// wanted). x is needed only for dw, w only for dx. Outputs that are not wanted stay undefined.
+template <class T>
+void conv2d_backward(const Tensor<T, Cpu>& dy, const Tensor<T, Cpu>& x, const Tensor<T, Cpu>& w, const Shape& x_shape,
+                     const Shape& w_shape, const Conv2dParams& p, bool need_dx, bool need_dw, bool need_db,
+                     Tensor<T, Cpu>& dx, Tensor<T, Cpu>& dw, Tensor<T, Cpu>& db) {
+  const int64_t N = x_shape[0], C = x_shape[1], H = x_shape[2], W = x_shape[3], O = w_shape[0];
+  const int kh = static_cast<int>(w_shape[2]), kw = static_cast<int>(w_shape[3]);
+  const int64_t Ho = dy.dim(2), Wo = dy.dim(3), HWo = Ho * Wo, Kdim = C * kh * kw;
+  if (need_db) {
+    db = Tensor<T, Cpu>::zeros({O});
+    T* b = db.data();
+    parallel_for(O, [&](int64_t o) {
+      T s = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const T* g = dy.data() + (n * O + o) * HWo;
+        for (int64_t i = 0; i < HWo; ++i) s += g[i];
+      }
+      b[o] = s;
+    }, grain_for(N * HWo));
+  }
+  if (!need_dx && !need_dw) return;
+  if (need_dx) dx = Tensor<T, Cpu>::zeros(x_shape);
+  if (need_dw) dw = Tensor<T, Cpu>::zeros(w_shape);
+  const bool pointwise = detail::is_pointwise(kh, kw, p);
+  const int64_t band = detail::band_rows<T>(Kdim, Wo, Ho);
+  std::vector<T> col(pointwise || !need_dw ? 0 : static_cast<std::size_t>(Kdim * band * Wo));
+  std::vector<T> dcol(pointwise || !need_dx ? 0 : static_cast<std::size_t>(Kdim * band * Wo));
+  for (int64_t n = 0; n < N; ++n) {
+    const T* gn = dy.data() + n * O * HWo;
+    if (pointwise) {
+      if (need_dw) gemm<T>(false, true, O, C, HWo, T(1), gn, HWo, x.data() + n * C * H * W, HWo, T(1), dw.data(), C);
+      if (need_dx) gemm<T>(true, false, C, HWo, O, T(1), w.data(), C, gn, HWo, T(0), dx.data() + n * C * H * W, HWo);
+      continue;
+    }
+    for (int64_t oy0 = 0; oy0 < Ho; oy0 += band) {
+      const int64_t oy1 = std::min(Ho, oy0 + band), cols = (oy1 - oy0) * Wo;
+      if (need_dw) {
+        detail::im2col_band(x.data() + n * C * H * W, C, H, W, kh, kw, p, Wo, oy0, oy1, col.data());
+        gemm<T>(false, true, O, Kdim, cols, T(1), gn + oy0 * Wo, HWo, col.data(), cols, T(1), dw.data(), Kdim);
+      }
+      if (need_dx) {
+        gemm<T>(true, false, Kdim, cols, O, T(1), w.data(), Kdim, gn + oy0 * Wo, HWo, T(0), dcol.data(), cols);
+        detail::col2im_band(dcol.data(), C, H, W, kh, kw, p, Wo, oy0, oy1, dx.data() + n * C * H * W);
+      }
+    }
+  }
+}
 
 /// x[N, C, H, W] * weight[O, C, kh, kw] (+ bias[O]) -> [N, O, Ho, Wo]. bias may be undefined.
 template <class T>
@@ -80,10 +168,8 @@ Tensor<T, Cpu> conv2d(const Tensor<T, Cpu>& x_in, const Tensor<T, Cpu>& weight_i
   if (bias.defined())
     check<ShapeError>(bias.numel() == O, "conv2d: bias ", bias.shape().str(), " does not match ", O, " outputs");
 
-  const bool pointwise = kh == 1 && kw == 1 && p.stride == 1 && p.pad_top == 0 && p.pad_bottom == 0 &&
-                         p.pad_left == 0 && p.pad_right == 0;
-  // Output rows per im2col band: keep the column buffer near 8 MB.
-  const int64_t band = std::clamp<int64_t>((int64_t{8} << 20) / sizeof(T) / std::max<int64_t>(1, Kdim * Wo), 1, Ho);
+  const bool pointwise = detail::is_pointwise(kh, kw, p);
+  const int64_t band = detail::band_rows<T>(Kdim, Wo, Ho);
   std::vector<T> col(pointwise ? 0 : static_cast<std::size_t>(Kdim * band * Wo));
   for (int64_t n = 0; n < N; ++n) {
     const T* xn = x.data() + n * C * H * W;
@@ -100,6 +186,19 @@ Tensor<T, Cpu> conv2d(const Tensor<T, Cpu>& x_in, const Tensor<T, Cpu>& weight_i
       detail::im2col_band(xn, C, H, W, kh, kw, p, Wo, oy0, oy1, col.data());
       gemm<T>(false, false, O, cols, Kdim, T(1), w.data(), Kdim, col.data(), cols, beta, on + oy0 * Wo, HWo);
     }
+  }
+  if (autograd::should_record(x, w, bias)) {
+    // dW needs the input, dX the weight: save only what the wanted gradients need.
+    autograd::record("conv2d", out, [sx = autograd::slot(x), sw = autograd::slot(w), sb = autograd::slot(bias), p,
+                                     x_saved = w.requires_grad() ? x.detach() : Tensor<T, Cpu>{},
+                                     w_saved = x.requires_grad() ? w.detach() : Tensor<T, Cpu>{}](const Tensor<T, Cpu>& g) {
+      Tensor<T, Cpu> dx, dw, db;
+      conv2d_backward(g, x_saved, w_saved, sx.shape(), sw ? sw.shape() : w_saved.shape(), p, bool(sx), bool(sw),
+                      bool(sb), dx, dw, db);
+      if (sx) sx.add(dx);
+      if (sw) sw.add(dw);
+      if (sb) sb.add(db.reshape(sb.shape()));
+    });
   }
   return out;
 }

@@ -1,5 +1,6 @@
 #pragma once
-// Element-wise arithmetic with NumPy broadcasting, scaling, concatenation and nearest 2x upsampling.
+// Element-wise arithmetic with NumPy broadcasting, scaling, clamping, concatenation and nearest upsampling,
+// with their backward kernels (a broadcast input's gradient is summed over the dimensions it was broadcast along).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -62,30 +63,107 @@ Tensor<T, Cpu> binary(const Tensor<T, Cpu>& a_in, const Tensor<T, Cpu>& b_in, F 
     }
     T* dst = o + row * inner;
     for (int64_t i = 0; i < inner; ++i) dst[i] = f(ap[oa + i * ia], bp[ob + i * ib]);
-  }, 64);
+  }, grain_for(inner));
   return out;
 }
 }  // namespace detail
 
+/// The reverse of broadcasting: g (of a broadcast shape) summed down to `shape` (dimensions aligned from the
+/// right; summed where `shape` has 1 or no dimension). Each output element sums its inputs in a fixed order.
 template <class T>
-Tensor<T, Cpu> add(const Tensor<T, Cpu>& a, const Tensor<T, Cpu>& b) {
-  return detail::binary(a, b, [](T x, T y) { return x + y; });
-}
-template <class T>
-Tensor<T, Cpu> sub(const Tensor<T, Cpu>& a, const Tensor<T, Cpu>& b) {
-  return detail::binary(a, b, [](T x, T y) { return x - y; });
-}
-template <class T>
-Tensor<T, Cpu> mul(const Tensor<T, Cpu>& a, const Tensor<T, Cpu>& b) {
-  return detail::binary(a, b, [](T x, T y) { return x * y; });
+Tensor<T, Cpu> sum_to_shape(const Tensor<T, Cpu>& g_in, const Shape& shape) {
+  if (g_in.shape() == shape) return g_in;
+  const auto g = g_in.contiguous();
+  const Shape& gs = g.shape();
+  const int r = gs.rank(), off = r - shape.rank();
+  check<ShapeError>(off >= 0, "sum_to_shape: ", gs.str(), " has fewer dimensions than ", shape.str());
+  const Shape gst = contiguous_strides(gs);
+  std::vector<int64_t> red_size, red_stride, keep_size, keep_stride;  // summed / kept dimensions of g
+  for (int d = 0; d < r; ++d) {
+    const bool kept = d >= off && shape[d - off] == gs[d];
+    check<ShapeError>(kept || d < off || shape[d - off] == 1, "sum_to_shape: ", gs.str(), " does not broadcast from ",
+                      shape.str());
+    (kept ? keep_size : red_size).push_back(gs[d]);
+    (kept ? keep_stride : red_stride).push_back(gst[d]);
+  }
+  auto out = Tensor<T, Cpu>::empty(shape);
+  int64_t red_total = 1;
+  for (int64_t v : red_size) red_total *= v;
+  const T* gp = g.data();
+  T* o = out.data();
+  const int nk = static_cast<int>(keep_size.size()), nr = static_cast<int>(red_size.size());
+  parallel_for(out.numel(), [&](int64_t e) {
+    int64_t base = 0, rem = e;
+    for (int k = nk - 1; k >= 0; --k) {
+      base += rem % keep_size[static_cast<std::size_t>(k)] * keep_stride[static_cast<std::size_t>(k)];
+      rem /= keep_size[static_cast<std::size_t>(k)];
+    }
+    T s = 0;
+    for (int64_t j = 0; j < red_total; ++j) {
+      int64_t at = base, q = j;
+      for (int k = nr - 1; k >= 0; --k) {
+        at += q % red_size[static_cast<std::size_t>(k)] * red_stride[static_cast<std::size_t>(k)];
+        q /= red_size[static_cast<std::size_t>(k)];
+      }
+      s += gp[at];
+    }
+    o[e] = s;
+  }, grain_for(red_total));
+  return out;
 }
 
-/// a += b in place (b broadcast to a's shape; a contiguous).
+template <class T>
+Tensor<T, Cpu> add(const Tensor<T, Cpu>& a_in, const Tensor<T, Cpu>& b_in) {
+  const auto a = a_in.contiguous(), b = b_in.contiguous();
+  auto out = detail::binary(a, b, [](T x, T y) { return x + y; });
+  if (autograd::should_record(a, b))
+    autograd::record("add", out, [sa = autograd::slot(a), sb = autograd::slot(b)](const Tensor<T, Cpu>& g) {
+      if (sa) sa.add(sum_to_shape(g, sa.shape()));
+      if (sb) sb.add(sum_to_shape(g, sb.shape()));
+    });
+  return out;
+}
+template <class T>
+Tensor<T, Cpu> sub(const Tensor<T, Cpu>& a_in, const Tensor<T, Cpu>& b_in) {
+  const auto a = a_in.contiguous(), b = b_in.contiguous();
+  auto out = detail::binary(a, b, [](T x, T y) { return x - y; });
+  if (autograd::should_record(a, b))
+    autograd::record("sub", out, [sa = autograd::slot(a), sb = autograd::slot(b)](const Tensor<T, Cpu>& g) {
+      if (sa) sa.add(sum_to_shape(g, sa.shape()));
+      if (sb) {
+        auto d = sum_to_shape(g, sb.shape()).clone();
+        T* p = d.data();
+        parallel_for(d.numel(), [&](int64_t i) { p[i] = -p[i]; }, 1 << 14);
+        sb.add(d);
+      }
+    });
+  return out;
+}
+template <class T>
+Tensor<T, Cpu> mul(const Tensor<T, Cpu>& a_in, const Tensor<T, Cpu>& b_in) {
+  const auto a = a_in.contiguous(), b = b_in.contiguous();
+  auto out = detail::binary(a, b, [](T x, T y) { return x * y; });
+  if (autograd::should_record(a, b)) {
+    // Each side's gradient needs only the other side's value.
+    autograd::record("mul", out, [sa = autograd::slot(a), sb = autograd::slot(b),
+                                  a_saved = b.requires_grad() ? a.detach() : Tensor<T, Cpu>{},
+                                  b_saved = a.requires_grad() ? b.detach() : Tensor<T, Cpu>{}](const Tensor<T, Cpu>& g) {
+      const auto times = [](T x, T y) { return x * y; };
+      if (sa) sa.add(sum_to_shape(detail::binary(g, b_saved, times), sa.shape()));
+      if (sb) sb.add(sum_to_shape(detail::binary(g, a_saved, times), sb.shape()));
+    });
+  }
+  return out;
+}
+
+/// a += b in place (b broadcast to a's shape; a contiguous). While a tape records, it runs out of place and
+/// rebinds a instead (a tensor saved for a backward must never be overwritten; see docs/autograd.md).
 template <class T>
 Tensor<T, Cpu>& add_(Tensor<T, Cpu>& a, const Tensor<T, Cpu>& b) {
   check<ShapeError>(a.is_contiguous(), "add_: target must be contiguous");
   check<ShapeError>(broadcast_shape(a.shape(), b.shape()) == a.shape(), "add_: cannot broadcast ", b.shape().str(),
                     " into ", a.shape().str());
+  if (autograd::recording()) return a = add(a, b);
   if (a.shape() == b.shape()) {
     const auto bc = b.contiguous();
     T* ap = a.data();
@@ -98,9 +176,19 @@ Tensor<T, Cpu>& add_(Tensor<T, Cpu>& a, const Tensor<T, Cpu>& b) {
   return a;
 }
 
-/// out[i] = f(x[i]) as a new contiguous tensor.
+namespace detail {
+inline void no_gradient_through_map(bool requires_grad) {
+  check(!(requires_grad && autograd::recording()),
+        "ops::map / map_: an arbitrary element function cannot be differentiated, and its input requires a "
+        "gradient; use a differentiable op (ops::affine, scale, clamp, activate) or detach() the input");
+}
+}  // namespace detail
+
+/// out[i] = f(x[i]) as a new contiguous tensor. Not differentiable: an error while recording an input that
+/// requires a gradient.
 template <class T, class F>
 Tensor<T, Cpu> map(const Tensor<T, Cpu>& x_in, F f) {
+  detail::no_gradient_through_map(x_in.requires_grad());
   const auto x = x_in.contiguous();
   auto y = Tensor<T, Cpu>::empty(x.shape());
   const T* xp = x.data();
@@ -108,18 +196,33 @@ Tensor<T, Cpu> map(const Tensor<T, Cpu>& x_in, F f) {
   parallel_for(x.numel(), [&](int64_t i) { yp[i] = f(xp[i]); }, 1 << 14);
   return y;
 }
-/// x[i] = f(x[i]) in place (x contiguous).
+/// x[i] = f(x[i]) in place (x contiguous); out of place (rebinding x) while a tape records. Not differentiable.
 template <class T, class F>
 Tensor<T, Cpu>& map_(Tensor<T, Cpu>& x, F f) {
+  detail::no_gradient_through_map(x.requires_grad());
+  if (autograd::recording()) return x = map(x, f);
   check<ShapeError>(x.is_contiguous(), "map_: in-place op on a non-contiguous tensor");
   T* p = x.data();
   parallel_for(x.numel(), [&](int64_t i) { p[i] = f(p[i]); }, 1 << 14);
   return x;
 }
-/// Clamps every element to [lo, hi].
+/// Clamps every element to [lo, hi]. The gradient passes where lo <= x <= hi (as torch.clamp).
 template <class T>
-Tensor<T, Cpu> clamp(const Tensor<T, Cpu>& x, T lo, T hi) {
-  return map(x, [=](T v) { return std::min(std::max(v, lo), hi); });
+Tensor<T, Cpu> clamp(const Tensor<T, Cpu>& x_in, T lo, T hi) {
+  const auto x = x_in.contiguous();
+  auto y = Tensor<T, Cpu>::empty(x.shape());
+  const T* xp = x.data();
+  T* yp = y.data();
+  parallel_for(x.numel(), [&](int64_t i) { yp[i] = std::min(std::max(xp[i], lo), hi); }, 1 << 14);
+  if (autograd::should_record(x))
+    autograd::record("clamp", y, [sx = autograd::slot(x), x = x.detach(), lo, hi](const Tensor<T, Cpu>& g) {
+      auto dx = Tensor<T, Cpu>::empty(x.shape());
+      const T *xp = x.data(), *gp = g.data();
+      T* dp = dx.data();
+      parallel_for(x.numel(), [&](int64_t i) { dp[i] = xp[i] >= lo && xp[i] <= hi ? gp[i] : T(0); }, 1 << 14);
+      sx.add(dx);
+    });
+  return y;
 }
 
 /// alpha * x + beta (a new tensor).
@@ -130,6 +233,14 @@ Tensor<T, Cpu> affine(const Tensor<T, Cpu>& x_in, T alpha, T beta = T(0)) {
   const T* xp = x.data();
   T* yp = y.data();
   parallel_for(x.numel(), [&](int64_t i) { yp[i] = alpha * xp[i] + beta; }, 1 << 14);
+  if (autograd::should_record(x))
+    autograd::record("affine", y, [sx = autograd::slot(x), alpha](const Tensor<T, Cpu>& g) {
+      auto dx = Tensor<T, Cpu>::empty(g.shape());
+      const T* gp = g.data();
+      T* dp = dx.data();
+      parallel_for(g.numel(), [&](int64_t i) { dp[i] = alpha * gp[i]; }, 1 << 14);
+      sx.add(dx);
+    });
   return y;
 }
 template <class T>
@@ -160,8 +271,20 @@ Tensor<T, Cpu> concat(const std::vector<Tensor<T, Cpu>>& parts, int dim) {
     const int64_t run = t.shape()[d] * inner;
     const T* src = t.data();
     T* dst = out.data() + offset;
-    parallel_for(outer, [&](int64_t o) { std::copy(src + o * run, src + (o + 1) * run, dst + o * os[d] * inner); }, 16);
+    parallel_for(outer, [&](int64_t o) { std::copy(src + o * run, src + (o + 1) * run, dst + o * os[d] * inner); }, grain_for(run));
     offset += run;
+  }
+  if (autograd::should_record(parts)) {
+    std::vector<autograd::GradSlot<T, Cpu>> slots;
+    for (const auto& t : parts) slots.emplace_back(t);
+    autograd::record("concat", out, [slots, d](const Tensor<T, Cpu>& g) {
+      int64_t start = 0;
+      for (const auto& s : slots) {
+        const int64_t len = s.shape()[d];
+        if (s) s.add(g.narrow(d, start, len).contiguous());
+        start += len;
+      }
+    });
   }
   return out;
 }
@@ -180,7 +303,21 @@ Tensor<T, Cpu> upsample_nearest2x(const Tensor<T, Cpu>& x_in) {
     T* d0 = yp + row * 4 * W;  // output rows 2*iy and 2*iy+1 of the same plane are adjacent
     for (int64_t i = 0; i < W; ++i) d0[2 * i] = d0[2 * i + 1] = s[i];
     std::copy(d0, d0 + 2 * W, d0 + 2 * W);
-  }, 64);
+  }, grain_for(4 * W));
+  if (autograd::should_record(x))
+    autograd::record("upsample_nearest2x", y, [sx = autograd::slot(x)](const Tensor<T, Cpu>& g) {
+      // Each input element receives the sum of its 2x2 block.
+      const int64_t W = sx.shape()[3], rows = sx.shape().numel() / std::max<int64_t>(1, W);
+      auto dx = Tensor<T, Cpu>::empty(sx.shape());
+      const T* gp = g.data();
+      T* dp = dx.data();
+      parallel_for(rows, [&](int64_t row) {
+        const T* g0 = gp + row * 4 * W;
+        const T* g1 = g0 + 2 * W;
+        for (int64_t i = 0; i < W; ++i) dp[row * W + i] = (g0[2 * i] + g0[2 * i + 1]) + (g1[2 * i] + g1[2 * i + 1]);
+      }, grain_for(4 * W));
+      sx.add(dx);
+    });
   return y;
 }
 
@@ -204,7 +341,25 @@ Tensor<T, Cpu> upsample_nearest(const Tensor<T, Cpu>& x_in, int64_t out_h, int64
     const T* s = xp + (plane * H + si) * W;
     T* d = yp + row * out_w;
     for (int64_t j = 0; j < out_w; ++j) d[j] = s[sx[j]];
-  }, 64);
+  }, grain_for(out_w));
+  if (autograd::should_record(x))
+    autograd::record("upsample_nearest", y, [slot = autograd::slot(x), sh, sx](const Tensor<T, Cpu>& g) {
+      // Scatter-add with the forward's index maps, one plane per task (no two tasks write the same element).
+      const int64_t H = slot.shape()[2], W = slot.shape()[3], NC = slot.shape()[0] * slot.shape()[1];
+      const int64_t out_h = g.dim(2), out_w = g.dim(3);
+      auto dx = Tensor<T, Cpu>::zeros(slot.shape());
+      const T* gp = g.data();
+      T* dp = dx.data();
+      parallel_for(NC, [&](int64_t plane) {
+        for (int64_t i = 0; i < out_h; ++i) {
+          const int64_t si = std::min<int64_t>(static_cast<int64_t>(std::floor(i * sh)), H - 1);
+          const T* s = gp + (plane * out_h + i) * out_w;
+          T* d = dp + (plane * H + si) * W;
+          for (int64_t j = 0; j < out_w; ++j) d[sx[static_cast<std::size_t>(j)]] += s[j];
+        }
+      }, grain_for(out_h * out_w));
+      slot.add(dx);
+    });
   return y;
 }
 

@@ -1,5 +1,6 @@
 #pragma once
-// Sinusoidal timestep embedding (diffusers' get_timestep_embedding) and table lookup (nn.Embedding).
+// Sinusoidal timestep embedding (diffusers' get_timestep_embedding; a constant of the timesteps) and table
+// lookup (nn.Embedding), whose backward scatter-adds the output gradient into the table's rows.
 #include <cmath>
 #include <vector>
 
@@ -34,6 +35,20 @@ Tensor<T, Cpu> timestep_embedding(const std::vector<T>& timesteps, int64_t dim, 
   return out;
 }
 
+/// The gradient of embedding's table: dy's rows added into a zero [V, D] table at their ids (in order, so a
+/// repeated id sums deterministically).
+template <class T>
+Tensor<T, Cpu> embedding_backward(const Tensor<T, Cpu>& dy, const std::vector<int64_t>& ids, const Shape& table_shape) {
+  auto dt = Tensor<T, Cpu>::zeros(table_shape);
+  const int64_t D = table_shape[1];
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    const T* src = dy.data() + static_cast<int64_t>(i) * D;
+    T* dst = dt.data() + ids[i] * D;
+    for (int64_t j = 0; j < D; ++j) dst[j] += src[j];
+  }
+  return dt;
+}
+
 /// Rows of table[V, D] picked by ids -> [ids.size(), D]; an id out of range is an error naming it.
 template <class T>
 Tensor<T, Cpu> embedding(const Tensor<T, Cpu>& table, const std::vector<int64_t>& ids) {
@@ -45,6 +60,10 @@ Tensor<T, Cpu> embedding(const Tensor<T, Cpu>& table, const std::vector<int64_t>
     check<ShapeError>(ids[i] >= 0 && ids[i] < V, "embedding: id ", ids[i], " out of range [0, ", V, ")");
     std::copy(t.data() + ids[i] * D, t.data() + (ids[i] + 1) * D, out.data() + static_cast<int64_t>(i) * D);
   }
+  if (autograd::should_record(t))
+    autograd::record("embedding", out, [st = autograd::slot(t), ids](const Tensor<T, Cpu>& g) {
+      st.add(embedding_backward(g, ids, st.shape()));
+    });
   return out;
 }
 

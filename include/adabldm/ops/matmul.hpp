@@ -1,6 +1,6 @@
 #pragma once
 // Matrix products on the CPU through Eigen (mapped over our buffers, no copies): the gemm primitive, matmul
-// (2-D and batched) and linear (x W^T + b, PyTorch's nn.Linear layout).
+// (2-D and batched) and linear (x W^T + b, PyTorch's nn.Linear layout), each with its backward kernels.
 #include <Eigen/Core>
 
 #include "adabldm/core/tensor.hpp"
@@ -19,23 +19,99 @@ using ConstMatMap = Eigen::Map<const RowMajor<T>, Eigen::Unaligned, Eigen::Outer
 
 /// C[M,N] = alpha * op(A) * op(B) + beta * C, all row-major with leading dimensions (row strides) lda/ldb/ldc.
 /// op(A) is A[M,K] (or A[K,M] transposed when trans_a). beta == 0 ignores C's previous content (even NaN).
+namespace detail {
+/// One single-threaded Eigen GEMM on a block (Eigen's own threading is switched off: see gemm()).
 template <class T>
-void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  using detail::ConstMatMap;
-  using detail::MatMap;
+void gemm_block(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+                const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   MatMap<T> c(C, M, N, Eigen::OuterStride<>(ldc));
-  if (K == 0) {
-    if (beta == T(0)) c.setZero(); else c *= beta;
-    return;
-  }
+  if (beta == T(0)) c.setZero(); else if (beta != T(1)) c *= beta;
+  if (K == 0) return;
   ConstMatMap<T> a(A, trans_a ? K : M, trans_a ? M : K, Eigen::OuterStride<>(lda));
   ConstMatMap<T> b(B, trans_b ? N : K, trans_b ? K : N, Eigen::OuterStride<>(ldb));
-  if (beta == T(0)) c.setZero(); else if (beta != T(1)) c *= beta;
   if (!trans_a && !trans_b) c.noalias() += alpha * a * b;
   else if (!trans_a && trans_b) c.noalias() += alpha * a * b.transpose();
   else if (trans_a && !trans_b) c.noalias() += alpha * a.transpose() * b;
   else c.noalias() += alpha * a.transpose() * b.transpose();
+}
+}  // namespace detail
+
+/// C[M,N] = alpha * op(A) * op(B) + beta * C, all row-major with leading dimensions (row strides) lda/ldb/ldc.
+/// op(A) is A[M,K] (or A[K,M] transposed when trans_a). beta == 0 ignores C's previous content (even NaN).
+/// Threads split C into fixed blocks of rows (or columns when C is wide), each a single-threaded Eigen GEMM:
+/// the block layout does not depend on the thread count, so neither do the results, and no thread ever
+/// busy-waits for another (Eigen's own parallel GEMM spins, which stalls badly when cores are shared).
+template <class T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  constexpr int64_t kBlock = 256;
+  if (M * N * K < (int64_t{1} << 22) || (M <= kBlock && N <= kBlock)) {
+    detail::gemm_block(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  if (M >= N) {  // blocks of rows of C (rows of op(A))
+    parallel_for((M + kBlock - 1) / kBlock, [&](int64_t blk) {
+      const int64_t m0 = blk * kBlock, m = std::min(kBlock, M - m0);
+      const T* a = trans_a ? A + m0 : A + m0 * lda;
+      detail::gemm_block(trans_a, trans_b, m, N, K, alpha, a, lda, B, ldb, beta, C + m0 * ldc, ldc);
+    });
+  } else {  // blocks of columns of C (columns of op(B))
+    parallel_for((N + kBlock - 1) / kBlock, [&](int64_t blk) {
+      const int64_t n0 = blk * kBlock, n = std::min(kBlock, N - n0);
+      const T* b = trans_b ? B + n0 * ldb : B + n0;
+      detail::gemm_block(trans_a, trans_b, M, n, K, alpha, A, lda, b, ldb, beta, C + n0, ldc);
+    });
+  }
+}
+
+/// The column sums of a row-major [rows, cols] matrix (a bias gradient) as a [cols] tensor.
+template <class T>
+Tensor<T, Cpu> sum_rows(const T* m, int64_t rows, int64_t cols) {
+  auto out = Tensor<T, Cpu>::empty({cols});
+  auto o = Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(out.data(), cols);
+  if (rows == 0) o.setZero();
+  else o = detail::ConstMatMap<T>(m, rows, cols, Eigen::OuterStride<>(cols)).colwise().sum();
+  return out;
+}
+
+/// dA of C = A @ op(B) (see matmul): dC @ op(B)^T, A's shape. b is 2-D (shared by the batch) or batched.
+template <class T>
+Tensor<T, Cpu> matmul_backward_a(const Tensor<T, Cpu>& dc, const Tensor<T, Cpu>& b, bool trans_b) {
+  const int64_t M = dc.dim(-2), N = dc.dim(-1), K = trans_b ? b.dim(-1) : b.dim(-2);
+  const int64_t batch = dc.numel() / std::max<int64_t>(1, M * N);
+  Shape shape = dc.shape();
+  shape[shape.rank() - 1] = K;
+  auto da = Tensor<T, Cpu>::empty(shape);
+  // op(B)^T: B [K, N] read transposed, or B itself ([N, K]) when trans_b.
+  const int64_t ldb = trans_b ? K : N;
+  if (b.rank() == 2) {
+    gemm<T>(false, !trans_b, batch * M, K, N, T(1), dc.data(), N, b.data(), ldb, T(0), da.data(), K);
+  } else {
+    for (int64_t i = 0; i < batch; ++i)
+      gemm<T>(false, !trans_b, M, K, N, T(1), dc.data() + i * M * N, N, b.data() + i * K * N, ldb, T(0),
+              da.data() + i * M * K, K);
+  }
+  return da;
+}
+
+/// dB of C = A @ op(B): A^T @ dC ([K, N]), or dC^T @ A ([N, K]) when trans_b; summed over the batch when B is
+/// shared (one GEMM over all rows).
+template <class T>
+Tensor<T, Cpu> matmul_backward_b(const Tensor<T, Cpu>& dc, const Tensor<T, Cpu>& a, const Shape& b_shape,
+                                 bool trans_b) {
+  const int64_t M = dc.dim(-2), N = dc.dim(-1), K = a.dim(-1);
+  const int64_t batch = dc.numel() / std::max<int64_t>(1, M * N);
+  const bool shared = b_shape.rank() == 2;
+  const int64_t rows = shared ? batch * M : M, count = shared ? 1 : batch;
+  auto db = Tensor<T, Cpu>::empty(b_shape);
+  for (int64_t i = 0; i < count; ++i) {
+    const T* ai = a.data() + i * M * K;
+    const T* gi = dc.data() + i * M * N;
+    T* bi = db.data() + i * K * N;
+    if (trans_b) gemm<T>(true, false, N, K, rows, T(1), gi, N, ai, K, T(0), bi, K);
+    else gemm<T>(true, false, K, N, rows, T(1), ai, K, gi, N, T(0), bi, N);
+  }
+  return db;
 }
 
 /// a[..., M, K] @ b[..., K, N] -> [..., M, N] (torch.matmul for rank >= 2). b may be 2-D (shared by the batch)
@@ -67,6 +143,15 @@ Tensor<T, Cpu> matmul(const Tensor<T, Cpu>& a_in, const Tensor<T, Cpu>& b_in, bo
       gemm<T>(false, trans_b, M, N, K, T(1), a.data() + i * M * K, K, b.data() + i * K * N, trans_b ? K : N, T(0),
               out.data() + i * M * N, N);
   }
+  if (autograd::should_record(a, b)) {
+    // Each side's gradient needs only the other side's value.
+    autograd::record("matmul", out, [sa = autograd::slot(a), sb = autograd::slot(b), trans_b,
+                                     a_saved = b.requires_grad() ? a.detach() : Tensor<T, Cpu>{},
+                                     b_saved = a.requires_grad() ? b.detach() : Tensor<T, Cpu>{}](const Tensor<T, Cpu>& g) {
+      if (sa) sa.add(matmul_backward_a(g, b_saved, trans_b));
+      if (sb) sb.add(matmul_backward_b(g, a_saved, sb.shape(), trans_b));
+    });
+  }
   return out;
 }
 
@@ -90,6 +175,26 @@ Tensor<T, Cpu> linear(const Tensor<T, Cpu>& x_in, const Tensor<T, Cpu>& weight, 
     for (int64_t r = 0; r < rows; ++r) std::copy(bp, bp + outf, o + r * outf);
   }
   gemm<T>(false, true, rows, outf, in, T(1), x.data(), in, w.data(), in, bias.defined() ? T(1) : T(0), o, outf);
+  if (autograd::should_record(x, w, bias)) {
+    autograd::record("linear", out, [sx = autograd::slot(x), sw = autograd::slot(w), sb = autograd::slot(bias),
+                                     x_saved = w.requires_grad() ? x.detach() : Tensor<T, Cpu>{},
+                                     w_saved = x.requires_grad() ? w.detach() : Tensor<T, Cpu>{}](const Tensor<T, Cpu>& g) {
+      const int64_t outf = g.dim(-1), rows = g.numel() / std::max<int64_t>(1, outf);
+      if (sx) {  // dX = dY @ W
+        auto dx = Tensor<T, Cpu>::empty(sx.shape());
+        const int64_t in = sx.shape().dim(-1);
+        gemm<T>(false, false, rows, in, outf, T(1), g.data(), outf, w_saved.data(), in, T(0), dx.data(), in);
+        sx.add(dx);
+      }
+      if (sw) {  // dW = dY^T @ X
+        auto dw = Tensor<T, Cpu>::empty(sw.shape());
+        const int64_t in = sw.shape()[1];
+        gemm<T>(true, false, outf, in, rows, T(1), g.data(), outf, x_saved.data(), in, T(0), dw.data(), in);
+        sw.add(dw);
+      }
+      if (sb) sb.add(sum_rows(g.data(), rows, outf).reshape(sb.shape()));
+    });
+  }
   return out;
 }
 

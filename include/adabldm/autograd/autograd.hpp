@@ -1,0 +1,12 @@
+#pragma once
+// Reverse-mode differentiation and training (docs/autograd.md): tape and scopes, leaves and backward, module
+// parameters, gradient checkpointing, losses, AdamW and the finite-difference checker.
+#include "adabldm/autograd/backward.hpp"
+#include "adabldm/autograd/checkpoint.hpp"
+#include "adabldm/autograd/gradcheck.hpp"
+#include "adabldm/autograd/ldm_loss.hpp"
+#include "adabldm/autograd/loss.hpp"
+#include "adabldm/autograd/optim.hpp"
+#include "adabldm/autograd/params.hpp"
+#include "adabldm/autograd/record.hpp"
+#include "adabldm/autograd/tape.hpp"
