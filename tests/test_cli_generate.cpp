@@ -49,7 +49,7 @@ std::vector<std::string> lines(const fs::path& p) {
 const std::string kTiny = golden::path("tiny_pipeline/diffusers");
 std::string gen_args(const fs::path& out) {
   return "generate --model " + kTiny + " --ok " + golden::path("magnetic-tile/ok") + " --ng " + golden::path("magnetic-tile/ng") +
-         " --masks " + golden::path("magnetic-tile/masks") + " --object tile --defect blowhole --size 64 --steps 6 " +
+         " --masks " + golden::path("magnetic-tile/masks") + " --object tile --defect blowhole --size 64 --steps 6 --adapt-steps 2 " +
          "--seed 3 --quiet --out " + out.string();
 }
 }  // namespace
@@ -105,6 +105,8 @@ TEST_CASE("generate: shards equal the single run byte for byte; resume skips fin
   for (const char* key : {"index", "seed", "ok_source", "mask_source", "placement", "prompt", "preset", "timings"})
     CHECK_MESSAGE(first.contains(key), key);
   CHECK(first["prompt"] == "a tile with a blowhole");
+  CHECK(first["adapted"] == true);
+  CHECK(first["adapt_steps"] == 2);
   // --resume: nothing new; after deleting one image only that one is redone, with the same bytes.
   r = cli(gen_args(full) + " -n 4 --resume");
   REQUIRE(r.code == 0);

@@ -14,6 +14,7 @@ Pipeline<>& tiny() {
     auto pipe = Pipeline<>::load(golden::path("tiny_pipeline/diffusers"));
     pipe.options().size = 64;
     pipe.options().steps = 10;
+    pipe.options().adaptation.steps = 3;
     return pipe;
   }();
   return p;
@@ -52,7 +53,16 @@ TEST_CASE("same seed, same bytes; different seeds differ") {
   CHECK(a.prompt == "a tile with a blowhole");
   CHECK(a.image.shape() == Shape{1, 3, 64, 64});
   CHECK(a.mask.shape() == Shape{1, 1, 64, 64});
-  CHECK_FALSE(a.adapted);
+  CHECK(a.adapted);
+  // Without adaptation the same sample decodes with the plain decoder: same mask, different pixels.
+  auto& o = p.options();
+  o.adapt = false;
+  const auto plain = p.generate(job(7));
+  o.adapt = true;
+  CHECK_FALSE(plain.adapted);
+  CHECK(plain.mask.to_vector() == a.mask.to_vector());
+  CHECK(plain.latent.to_vector() == a.latent.to_vector());
+  CHECK(plain.image.to_vector() != a.image.to_vector());
 }
 
 TEST_CASE("masks lie inside the foreground") {
@@ -95,6 +105,7 @@ TEST_CASE("after latent editing the latent follows the OK latent outside the dil
   auto pipe = Pipeline<>::load(golden::path("tiny_pipeline/diffusers"));
   pipe.options().size = 64;
   pipe.options().steps = 10;
+  pipe.options().adapt = false;
   std::shared_ptr<Probe> probe;
   Tensor<float> ok_latent, latent_mask;
   std::vector<std::vector<std::string>> spans;

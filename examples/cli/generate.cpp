@@ -171,9 +171,9 @@ int cmd_generate(int argc, char** argv) {
   check(o.steps >= 2, "--steps must be >= 2");
   if (args.has("prompt-template")) o.prompt_template = args.get("prompt-template");
   o.synthesis.rotate_and_scale = !args.flag("translate-only");
-  if (!args.flag("no-adapt"))
-    progress.note("note: online decoder adaptation is not implemented yet; decoding with the plain decoder "
-                  "(the manifest records \"adapted\": false)");
+  o.adapt = !args.flag("no-adapt");
+  o.adaptation.steps = static_cast<int>(args.integer("adapt-steps", 200));
+  check(o.adaptation.steps >= 0, "--adapt-steps must be >= 0");
 
   // Foreground per OK image.
   const std::string fg_mode = args.get("foreground", "all");
@@ -207,7 +207,8 @@ int cmd_generate(int argc, char** argv) {
     if (args.flag("resume") && done.count(i) && fs::exists(img) && fs::exists(msk)) continue;
     todo.push_back(i);
   }
-  Progress run(static_cast<int>(todo.size()) * o.steps, quiet);
+  const int per_sample = o.steps + (o.adapt ? o.adaptation.steps : 0);
+  Progress run(static_cast<int>(todo.size()) * per_sample, quiet);
   int64_t finished = 0;
   for (const int64_t i : todo) {
     const uint64_t s = derive_seed(seed, static_cast<uint64_t>(i));
@@ -222,9 +223,10 @@ int cmd_generate(int argc, char** argv) {
     job.foreground = foregrounds[ok_index];
     DefectSample sample;
     try {
-      sample = pipe.generate(job, [&](int step, int steps) {
-        run.update(static_cast<double>(finished * steps + step),
-                   "sample " + index_name(i) + " step " + std::to_string(step) + "/" + std::to_string(steps));
+      sample = pipe.generate(job, [&](const char* phase, int step, int steps) {
+        const int offset = std::string(phase) == "adaptation" ? o.steps : 0;
+        run.update(static_cast<double>(finished * per_sample + offset + step),
+                   "sample " + index_name(i) + " " + phase + " " + std::to_string(step) + "/" + std::to_string(steps));
       });
     } catch (const Error& e) {
       throw Error("sample " + index_name(i) + " (OK image " + ok_files[ok_index].string() + "): " + e.what());
@@ -247,6 +249,7 @@ int cmd_generate(int argc, char** argv) {
                            {"size", o.size},
                            {"foreground", fg_mode},
                            {"adapted", sample.adapted},
+                           {"adapt_steps", sample.adapted ? o.adaptation.steps : 0},
                            {"timings", sample.timings}};
     append_line(manifest, line.dump());
     ++finished;

@@ -2,7 +2,7 @@
 // The AdaBLDM pipeline: from an OK image and a few real defect masks, one synthetic defect image with a
 // pixel-exact mask. Per sample: pick and place a defect mask inside the foreground, build the trimap, run the
 // blended sampler (free diffusion -> latent editing -> image editing) conditioned on the prompt and the trimap,
-// then decode (with online decoder adaptation once available). Deterministic from (seed, sample index).
+// then decode with the online decoder adaptation. Deterministic from (seed, sample index).
 #include <chrono>
 #include <functional>
 #include <map>
@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "adabldm/defect/decoder_adaptation.hpp"
 #include "adabldm/defect/foreground.hpp"
 #include "adabldm/defect/mask_synthesis.hpp"
 #include "adabldm/defect/trimap.hpp"
@@ -57,6 +58,8 @@ struct PipelineOptions {
   defect::LatentMaskResize latent_mask_resize = defect::LatentMaskResize::Cover;  ///< Nearest = the official code
   defect::SynthesisOptions synthesis;      ///< rotation/scale on by default (the paper); off = official inference
   bool sample_posterior = true;            ///< encode with a posterior sample (official)
+  bool adapt = true;                       ///< online decoder adaptation (off: the plain decoder)
+  defect::AdaptationOptions adaptation;    ///< 200 AdamW steps, lr 1e-4, lambda 100
   /// Builds the stage list instead of the preset (your own composition); it gets the step count and the
   /// blend inputs (OK image and latent, masks, VAE codec).
   std::function<sampling::StageList(int steps, const sampling::BlendInputs&)> stage_builder;
@@ -79,8 +82,8 @@ inline Tensor<float> vae_features(const models::AutoencoderKL<float>& vae, const
   return h;
 }
 
-/// Called after every sampler step: (sample-local step index, steps).
-using StepProgress = std::function<void(int step, int steps)>;
+/// Progress of one sample: the phase ("sampling", "adaptation"), the step done and the steps of that phase.
+using StepProgress = std::function<void(const char* phase, int step, int steps)>;
 
 template <class T = float, class Dev = Cpu>
 class Pipeline {
@@ -110,11 +113,6 @@ class Pipeline {
   PipelineOptions& options() { return options_; }
   const PipelineOptions& options() const { return options_; }
 
-  /// Decodes the final latent given the OK image and the defect mask; the default is the plain decoder.
-  /// The online decoder adaptation installs itself here.
-  using Decoder = std::function<Tensor<float>(const Tensor<float>& latent, const Tensor<float>& ok_image,
-                                              const Tensor<float>& defect_mask, bool& adapted)>;
-  void set_decoder(Decoder d) { decoder_ = std::move(d); }
 
   /// The OK image at the pipeline size (no aspect preservation, as the official code).
   Tensor<float> prepare_image(const Tensor<float>& img) const {
@@ -188,14 +186,20 @@ class Pipeline {
     const auto z_T = rng.normal<float>({1, sd_.unet.config.in_channels, S / f, S / f});
     out.latent = sampling::run_sampler(scheduler, z_T, model, stages, rng, 0.0,
                                        [&](const sampling::StepInfo& s, const sampling::SamplerState&, const auto&) {
-                                         if (progress) progress(s.index + 1, s.num_steps);
+                                         if (progress) progress("sampling", s.index + 1, s.num_steps);
                                        });
     out.timings["sampling"] = seconds(t1);
 
     // Decoding.
     const auto t2 = clock::now();
-    if (decoder_) out.image = decoder_(out.latent, ok, out.mask, out.adapted);
-    else out.image = sd_.vae.decode_scaled(out.latent);
+    if (options_.adapt && options_.adaptation.steps > 0) {
+      const auto r = defect::adapt_decoder(sd_.vae, out.latent, ok, out.mask, options_.adaptation,
+                                           [&](int i, int n, double) { if (progress) progress("adaptation", i, n); });
+      out.image = r.image;
+      out.adapted = true;
+    } else {
+      out.image = sd_.vae.decode_scaled(out.latent);
+    }
     out.timings["decode"] = seconds(t2);
     out.timings["total"] = seconds(t0);
     return out;
@@ -205,7 +209,6 @@ class Pipeline {
   models::StableDiffusion sd_;
   models::ControlNetModel<float> controlnet_;
   PipelineOptions options_;
-  Decoder decoder_;
 };
 
 }  // namespace adabldm
