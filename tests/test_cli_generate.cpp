@@ -160,3 +160,28 @@ TEST_CASE("generate: bad input is one clear line and a non-zero exit") {
   fs::remove_all(ng);
   fs::remove_all(masks);
 }
+
+TEST_CASE("train: checkpoint, CSV log, exact resume, and the result as --trimap-encoder") {
+  const auto dir = temp_dir("train");
+  const std::string data = " --ok " + golden::path("magnetic-tile/ok") + " --ng " + golden::path("magnetic-tile/ng") +
+                           " --masks " + golden::path("magnetic-tile/masks") +
+                           " --object tile --defect blowhole --size 64 --lr 1e-3 --seed 5 --quiet --model " + kTiny;
+  auto r = cli("train" + data + " --steps 4 --out " + (dir / "straight.safetensors").string() + " --log " +
+               (dir / "straight.csv").string());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  r = cli("train" + data + " --steps 2 --out " + (dir / "resumed.safetensors").string() + " --log " + (dir / "resumed.csv").string());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  r = cli("train" + data + " --steps 4 --resume " + (dir / "resumed.safetensors").string() + " --out " +
+          (dir / "resumed.safetensors").string() + " --log " + (dir / "resumed.csv").string());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  const auto a = lines(dir / "straight.csv"), b = lines(dir / "resumed.csv");
+  REQUIRE(a.size() == 5);  // header + 4 steps
+  REQUIRE(b.size() == 5);
+  for (int i = 0; i < 5; ++i) CHECK(a[i].substr(0, a[i].rfind(',')) == b[i].substr(0, b[i].rfind(',')));  // step,loss
+  CHECK(io::SafeTensors::open((dir / "straight.safetensors").string()).metadata().at("step") == "4");
+  // the checkpoint drives generation
+  r = cli(gen_args(dir / "gen") + " -n 1 --trimap-encoder " + (dir / "straight.safetensors").string());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  CHECK(fs::exists(dir / "gen" / "images" / "000000.png"));
+  fs::remove_all(dir);
+}

@@ -7,4 +7,5 @@ int cmd_forward(int argc, char** argv);   // forward.cpp (+ forward_models.cpp)
 int cmd_convert(int argc, char** argv);   // convert.cpp
 int cmd_sample(int argc, char** argv);    // sample.cpp
 int cmd_generate(int argc, char** argv);  // generate.cpp
+int cmd_train(int argc, char** argv);     // train.cpp
 }  // namespace cli

@@ -14,12 +14,18 @@
 
 #include "args.hpp"
 #include "commands.hpp"
-#include "config_json.hpp"
+#include <adabldm/io/config_json.hpp>
 #include "model_classes.hpp"
 #include "sd_parts.hpp"
 #include "tokenizer_files.hpp"
 
 namespace cli {
+using adabldm::io::unet_config_json;
+using adabldm::io::controlnet_config_json;
+using adabldm::io::vae_config_json;
+using adabldm::io::clip_text_config_json;
+using adabldm::io::sd_scheduler_config_json;
+using adabldm::io::kDiffusersVersion;
 
 namespace {
 namespace fs = std::filesystem;

@@ -19,6 +19,7 @@
 
 #include "args.hpp"
 #include "commands.hpp"
+#include "dataset.hpp"
 #include "progress.hpp"
 
 namespace cli {
@@ -54,29 +55,6 @@ const char* kUsage =
     "  --device cpu|cuda       (cpu; the CUDA backend is not built into this tool yet)\n"
     "  --quiet                 no progress output\n";
 
-bool is_image(const fs::path& p) {
-  std::string e = p.extension().string();
-  std::transform(e.begin(), e.end(), e.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return e == ".png" || e == ".jpg" || e == ".jpeg" || e == ".bmp";
-}
-std::vector<fs::path> list_images(const std::string& dir, const char* what) {
-  adabldm::check<adabldm::IoError>(fs::is_directory(dir), "--", what, " ", dir, ": no such folder");
-  std::vector<fs::path> out;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.is_regular_file() && is_image(e.path())) out.push_back(e.path());
-  std::sort(out.begin(), out.end());
-  adabldm::check<adabldm::IoError>(!out.empty(), "--", what, " ", dir, ": no images (png, jpg, bmp) in this folder");
-  return out;
-}
-/// The mask of NG image `img` in `masks`: the same file name, or the same stem (+ "_mask") with any extension.
-fs::path find_mask(const fs::path& img, const std::string& masks) {
-  const std::string stem = img.stem().string();
-  for (const std::string& s : {stem, stem + "_mask"})
-    for (const char* ext : {".png", ".bmp", ".jpg", ".jpeg", ".PNG"})
-      if (fs::exists(fs::path(masks) / (s + ext))) return fs::path(masks) / (s + ext);
-  throw adabldm::IoError("--masks " + masks + ": no mask for " + img.filename().string() + " (looked for " + stem +
-                         ".png and " + stem + "_mask.png)");
-}
 std::string index_name(int64_t i) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%06lld", static_cast<long long>(i));
@@ -141,20 +119,7 @@ int cmd_generate(int argc, char** argv) {
   // Inputs: every file is checked before the model is loaded, so bad input fails fast.
   const auto ok_files = list_images(args.require("ok"), "ok");
   const auto ng_files = list_images(args.require("ng"), "ng");
-  const std::string masks_dir = args.require("masks");
-  check<IoError>(fs::is_directory(masks_dir), "--masks ", masks_dir, ": no such folder");
-  std::vector<DefectSource> defects;
-  for (const auto& ng : ng_files) {
-    const auto mpath = find_mask(ng, masks_dir);
-    const auto img = read_image_u8(ng.string());
-    auto mask = read_mask(mpath.string());
-    check<ShapeError>(mask.dim(2) == img.height && mask.dim(3) == img.width, mpath.string(), ": mask is ", mask.dim(3),
-                      "x", mask.dim(2), " but ", ng.string(), " is ", img.width, "x", img.height);
-    int64_t on = 0;
-    for (int64_t i = 0; i < mask.numel(); ++i) on += mask.data()[i] > 0.5f;
-    check(on > 0, mpath.string(), ": the mask is empty (no pixel above 127)");
-    defects.push_back({image_to_tensor(img), std::move(mask), mpath.filename().string()});
-  }
+  const auto defects = read_defects(ng_files, args.require("masks"));
   const std::string out = args.require("out");
   fs::create_directories(fs::path(out) / "images");
   fs::create_directories(fs::path(out) / "masks");

@@ -17,11 +17,15 @@
 
 #include "args.hpp"
 #include "commands.hpp"
-#include "config_json.hpp"
+#include <adabldm/io/config_json.hpp>
 #include "model_classes.hpp"
 #include "sd_parts.hpp"
 
 namespace cli {
+using adabldm::io::unet_config_json;
+using adabldm::io::controlnet_config_json;
+using adabldm::io::vae_config_json;
+using adabldm::io::clip_text_config_json;
 
 namespace {
 namespace fs = std::filesystem;

@@ -212,6 +212,18 @@ class SafeTensorsWriter {
                         c.nbytes()});
     return *this;
   }
+  /// A stored tensor as it is (any dtype), e.g. from a StateDict.
+  SafeTensorsWriter& add(const std::string& name, const TensorRef& ref) {
+    check(name != "__metadata__" && !name.empty(), "safetensors: invalid tensor name \"", name, "\"");
+    check(index_.insert(name).second, "safetensors: tensor \"", name, "\" added twice");
+    entries_.push_back({name, ref.dtype, ref.shape, ref.owner, ref.data, ref.nbytes()});
+    return *this;
+  }
+  /// Every tensor of a StateDict, with `prefix` before each name.
+  SafeTensorsWriter& add_all(const StateDict& sd, const std::string& prefix = "") {
+    for (const auto& [name, ref] : sd.tensors()) add(prefix + name, ref);
+    return *this;
+  }
   SafeTensorsWriter& metadata(const std::string& key, const std::string& value) {
     metadata_[key] = value;
     return *this;

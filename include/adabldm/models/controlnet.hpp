@@ -90,14 +90,15 @@ struct ControlNetModel {
 
   /// ControlNetModel.from_unet / tool_add_control: the encoder weights copied from the UNet, the hint block
   /// initialised as PyTorch does (seeded by `rng`) and every zero conv set to zero.
-  static ControlNetModel from_unet(UNet2DConditionModel<T, Dev>& unet, int64_t conditioning_channels,
+  static ControlNetModel from_unet(const UNet2DConditionModel<T, Dev>& unet, int64_t conditioning_channels,
                                    const std::vector<int64_t>& embedding_channels, Rng& rng) {
     ControlNetConfig c;
     c.unet = unet.config;
     c.conditioning_channels = conditioning_channels;
     c.conditioning_embedding_out_channels = embedding_channels;
     ControlNetModel cn(c);
-    nn::copy_shared_parameters(cn.encoder, unet.encoder);
+    // visit() is non-const, but copying only reads the UNet's parameters.
+    nn::copy_shared_parameters(cn.encoder, const_cast<UNetEncoder<T, Dev>&>(unet.encoder));
     nn::init_missing(cn, rng, zero_initialised());
     return cn;
   }

@@ -13,7 +13,7 @@
 #include <adabldm/models/clip_text.hpp>
 #include <adabldm/models/controlnet.hpp>
 
-namespace cli {
+namespace adabldm::io {
 
 /// The diffusers release whose config format these objects follow.
 inline constexpr const char* kDiffusersVersion = "0.27.2";
@@ -137,4 +137,4 @@ inline adabldm::io::Json sd_scheduler_config_json() {
                            {"trained_betas", nullptr}};
 }
 
-}  // namespace cli
+}  // namespace adabldm::io
