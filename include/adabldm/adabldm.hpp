@@ -1,5 +1,6 @@
 #pragma once
 // adabldm — industrial defect generation with blended latent diffusion (AdaBLDM), header-only.
+// This umbrella header brings in everything on the CPU; include the smaller headers to compile faster.
 #include "adabldm/version.hpp"
 #include "adabldm/core/dtype.hpp"
 #include "adabldm/core/error.hpp"
@@ -8,5 +9,15 @@
 #include "adabldm/core/tensor.hpp"
 #include "adabldm/core/threads.hpp"
 #include "adabldm/ops/ops.hpp"
+#include "adabldm/autograd/autograd.hpp"
+#include "adabldm/io/checkpoint.hpp"
 #include "adabldm/io/image.hpp"
 #include "adabldm/io/safetensors.hpp"
+#include "adabldm/models/loader.hpp"
+#include "adabldm/models/stable_diffusion.hpp"
+#include "adabldm/text/clip_tokenizer.hpp"
+#include "adabldm/sampling/stages.hpp"
+#include "adabldm/sampling/text_to_image.hpp"
+#include "adabldm/defect/decoder_adaptation.hpp"
+#include "adabldm/defect/pipeline.hpp"
+#include "adabldm/defect/training.hpp"
