@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "adabldm/io/json.hpp"
+#include "adabldm/nn/attention.hpp"
 #include "adabldm/nn/layers.hpp"
 
 namespace adabldm::models {
@@ -133,30 +134,6 @@ struct ClipTextEmbeddings {
   }
 };
 
-/// Multi-head causal self-attention with biased q/k/v/out projections; scale 1/sqrt(head_dim).
-template <class T, class Dev = Cpu>
-struct ClipAttention {
-  nn::Linear<T, Dev> q_proj, k_proj, v_proj, out_proj;
-  int64_t heads = 1;
-
-  ClipAttention() = default;
-  explicit ClipAttention(const ClipTextConfig& c)
-      : q_proj(c.hidden_size, c.hidden_size), k_proj(c.hidden_size, c.hidden_size),
-        v_proj(c.hidden_size, c.hidden_size), out_proj(c.hidden_size, c.hidden_size), heads(c.num_attention_heads) {}
-
-  Tensor<T, Dev> operator()(const Tensor<T, Dev>& x) const {
-    // No padding mask: SD pipelines pass none, so padded positions attend to every earlier token.
-    return out_proj(ops::attention(q_proj(x), k_proj(x), v_proj(x), ops::AttentionParams{heads, 0.0, true}));
-  }
-  template <class F>
-  void visit(const std::string& p, F&& f) {
-    k_proj.visit(p + "k_proj.", f);
-    v_proj.visit(p + "v_proj.", f);
-    q_proj.visit(p + "q_proj.", f);
-    out_proj.visit(p + "out_proj.", f);
-  }
-};
-
 /// fc2(act(fc1(x))).
 template <class T, class Dev = Cpu>
 struct ClipMlp {
@@ -181,14 +158,16 @@ struct ClipMlp {
 /// Pre-LN encoder layer: x += self_attn(layer_norm1(x)); x += mlp(layer_norm2(x)).
 template <class T, class Dev = Cpu>
 struct ClipEncoderLayer {
-  ClipAttention<T, Dev> self_attn;
+  nn::Attention<T, Dev> self_attn;  // causal, biased q_proj/k_proj/v_proj/out_proj
   nn::LayerNorm<T, Dev> layer_norm1;
   ClipMlp<T, Dev> mlp;
   nn::LayerNorm<T, Dev> layer_norm2;
 
   ClipEncoderLayer() = default;
   explicit ClipEncoderLayer(const ClipTextConfig& c)
-      : self_attn(c), layer_norm1(c.hidden_size, c.layer_norm_eps), mlp(c), layer_norm2(c.hidden_size, c.layer_norm_eps) {}
+      : self_attn(c.hidden_size, c.hidden_size, c.num_attention_heads, c.head_dim(), /*qkv_bias=*/true,
+                  nn::kClipAttention, /*causal_mask=*/true),
+        layer_norm1(c.hidden_size, c.layer_norm_eps), mlp(c), layer_norm2(c.hidden_size, c.layer_norm_eps) {}
 
   /// Returns a new tensor (x is left untouched: it is kept as a hidden state).
   Tensor<T, Dev> operator()(const Tensor<T, Dev>& x) const {

@@ -8,29 +8,43 @@
 
 namespace adabldm::nn {
 
-/// softmax(q k^T / sqrt(head_dim)) v with q = to_q(x), k/v = to_k/to_v(context or x); to_out.0 back to the
-/// query width. q/k/v have no bias in the UNet (`qkv_bias`), but do in the VAE's mid-block attention.
+/// The checkpoint names of an attention's four projections.
+struct AttentionNames {
+  const char *q, *k, *v, *out;
+};
+/// diffusers' Attention (UNet, VAE mid block).
+inline constexpr AttentionNames kDiffusersAttention{"to_q.", "to_k.", "to_v.", "to_out.0."};
+/// transformers' CLIPAttention.
+inline constexpr AttentionNames kClipAttention{"q_proj.", "k_proj.", "v_proj.", "out_proj."};
+
+/// softmax(q k^T / sqrt(head_dim)) v with q = to_q(x), k/v = to_k/to_v(context or x); to_out back to the query
+/// width. q/k/v have no bias in the UNet (`qkv_bias`), but do in the VAE's mid-block attention and in CLIP (whose
+/// self-attention is also causal and whose projections have other names).
 template <class T, class Dev = Cpu>
 struct Attention {
   Linear<T, Dev> to_q, to_k, to_v, to_out;
   int64_t heads = 1;
+  bool causal = false;
+  AttentionNames names = kDiffusersAttention;
 
   Attention() = default;
-  Attention(int64_t query_dim, int64_t context_dim, int64_t num_heads, int64_t head_dim, bool qkv_bias = false)
+  Attention(int64_t query_dim, int64_t context_dim, int64_t num_heads, int64_t head_dim, bool qkv_bias = false,
+            AttentionNames checkpoint_names = kDiffusersAttention, bool causal_mask = false)
       : to_q(query_dim, num_heads * head_dim, qkv_bias), to_k(context_dim, num_heads * head_dim, qkv_bias),
-        to_v(context_dim, num_heads * head_dim, qkv_bias), to_out(num_heads * head_dim, query_dim), heads(num_heads) {}
+        to_v(context_dim, num_heads * head_dim, qkv_bias), to_out(num_heads * head_dim, query_dim), heads(num_heads),
+        causal(causal_mask), names(checkpoint_names) {}
 
   /// x [B, L, query_dim], context [B, Lc, context_dim] (undefined: self-attention).
   Tensor<T, Dev> operator()(const Tensor<T, Dev>& x, const Tensor<T, Dev>& context = {}) const {
     const auto& ctx = context.defined() ? context : x;
-    return to_out(ops::attention(to_q(x), to_k(ctx), to_v(ctx), ops::AttentionParams{heads}));
+    return to_out(ops::attention(to_q(x), to_k(ctx), to_v(ctx), ops::AttentionParams{heads, 0.0, causal}));
   }
   template <class F>
   void visit(const std::string& p, F&& f) {
-    to_q.visit(p + "to_q.", f);
-    to_k.visit(p + "to_k.", f);
-    to_v.visit(p + "to_v.", f);
-    to_out.visit(p + "to_out.0.", f);
+    to_q.visit(p + names.q, f);
+    to_k.visit(p + names.k, f);
+    to_v.visit(p + names.v, f);
+    to_out.visit(p + names.out, f);
   }
 };
 
