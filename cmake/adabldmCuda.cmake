@@ -11,6 +11,10 @@ if(NOT ADABLDM_CUDA STREQUAL "OFF")
     if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
       set(CMAKE_CUDA_ARCHITECTURES "80-real;90")   # sm_80 and sm_90 code, plus compute_90 PTX for newer GPUs
     endif()
+    # One CUDA runtime per process: the shared libcudart that CUDA::cudart (below) and cuBLAS / cuDNN use too.
+    if(NOT DEFINED CMAKE_CUDA_RUNTIME_LIBRARY)
+      set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
+    endif()
     enable_language(CUDA)
     find_package(CUDAToolkit)
     find_path(ADABLDM_CUDNN_INCLUDE_DIR cudnn.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
@@ -32,7 +36,11 @@ if(ADABLDM_HAS_CUDA)
                         ${ADABLDM_CUDNN_LIBRARY})
   target_include_directories(adabldm_cuda INTERFACE ${ADABLDM_CUDNN_INCLUDE_DIR})
   target_compile_definitions(adabldm_cuda INTERFACE ADABLDM_WITH_CUDA=1)
-  target_compile_options(adabldm_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr>)
+  target_compile_features(adabldm_cuda INTERFACE cuda_std_17)
+  # --expt-relaxed-constexpr: the kernels call core/dtype.hpp's constexpr bit conversions (NaN patterns).
+  # 20012: Eigen's defaulted __host__ __device__ members (a note about Eigen, not about this code).
+  target_compile_options(adabldm_cuda INTERFACE
+                         $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -diag-suppress=20012>)
   message(STATUS "adabldm: CUDA backend ON (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, archs ${CMAKE_CUDA_ARCHITECTURES})")
 else()
   message(STATUS "adabldm: CUDA backend OFF")

@@ -2,6 +2,7 @@
 // Tensor-level autograd: make a leaf that requires a gradient, run the tape backwards from an output, read a
 // gradient. See docs/autograd.md.
 #include <memory>
+#include <type_traits>
 
 #include "adabldm/autograd/record.hpp"
 #include "adabldm/autograd/tape.hpp"
@@ -53,7 +54,8 @@ template <class T, class Dev>
 void backward(const Tensor<T, Dev>& loss) {
   check<ShapeError>(loss.numel() == 1, "autograd::backward: the loss must have one element, got shape ",
                     loss.shape().str(), " (pass the output's gradient explicitly)");
-  backward(loss, Tensor<T, Dev>::full(loss.shape(), T(1)));
+  if constexpr (std::is_same_v<Dev, Cpu>) backward(loss, Tensor<T, Dev>::full(loss.shape(), T(1)));
+  else backward(loss, autograd_ones_like(loss));  // the device backend's, by argument-dependent lookup
 }
 
 }  // namespace adabldm::autograd

@@ -9,6 +9,7 @@
 // gradient are skipped (their step does not advance), as torch skips p.grad is None.
 #include <cmath>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "adabldm/autograd/params.hpp"
@@ -58,12 +59,20 @@ class AdamW {
       check(p.is_contiguous(), "AdamW: parameter ", e.name, " is not contiguous");
       check<ShapeError>(g.shape() == p.shape(), "AdamW: gradient ", g.shape().str(), " for parameter ", e.name, " ",
                         p.shape().str());
-      if (!e.exp_avg.defined()) {
-        e.exp_avg = Tensor<T, Dev>::zeros(p.shape());
-        e.exp_avg_sq = Tensor<T, Dev>::zeros(p.shape());
-      }
       ++e.step;
-      update(p.data(), g.data(), e.exp_avg.data(), e.exp_avg_sq.data(), p.numel(), e.step);
+      if constexpr (std::is_same_v<Dev, Cpu>) {
+        if (!e.exp_avg.defined()) {
+          e.exp_avg = Tensor<T, Dev>::zeros(p.shape());
+          e.exp_avg_sq = Tensor<T, Dev>::zeros(p.shape());
+        }
+        update(p.data(), g.data(), e.exp_avg.data(), e.exp_avg_sq.data(), p.numel(), e.step);
+      } else {  // device parameters: the backend's kernels, by argument-dependent lookup (CUDA: ops/cuda/optim.cuh)
+        if (!e.exp_avg.defined()) {
+          e.exp_avg = autograd_zeros_like(p);
+          e.exp_avg_sq = autograd_zeros_like(p);
+        }
+        adamw_update(p, g, e.exp_avg, e.exp_avg_sq, options_, e.step);
+      }
     }
   }
   /// Drops the gradients of the optimised parameters.

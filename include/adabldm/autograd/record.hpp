@@ -57,9 +57,10 @@ Tensor<T, Dev> grad_of(const Meta& m) {
 /// Adds g (contiguous, the tensor's shape) to the gradient in `m`. The first gradient is adopted without a copy
 /// (it may alias another buffer, so it is marked shared); the second one allocates the sum; later ones add in
 /// place.
+/// Device tensors (Dev other than Cpu) are summed by the device's backend, found by argument-dependent lookup:
+/// autograd_add(a, b) -> a + b and autograd_add_inplace(a, b) (CUDA: adabldm/core/cuda/tensor.cuh).
 template <class T, class Dev>
 void accumulate_grad(Meta& m, Tensor<T, Dev> g) {
-  static_assert(std::is_same_v<Dev, Cpu>, "autograd: gradient accumulation is implemented for host tensors");
   if (!m.grad) {
     m.grad = std::make_shared<Tensor<T, Dev>>(g.detach());
     m.grad_type = &typeid(Tensor<T, Dev>);
@@ -69,18 +70,27 @@ void accumulate_grad(Meta& m, Tensor<T, Dev> g) {
   auto& cur = detail::stored_grad<T, Dev>(m);
   check<ShapeError>(cur.shape() == g.shape(), "autograd: gradient of shape ", g.shape().str(),
                     " added to one of shape ", cur.shape().str());
-  const T* gp = g.data();
-  const int64_t n = g.numel();
-  if (m.grad_shared) {
-    auto sum = Tensor<T, Dev>::empty(cur.shape());
-    const T* cp = cur.data();
-    T* sp = sum.data();
-    parallel_for(n, [&](int64_t i) { sp[i] = cp[i] + gp[i]; }, 1 << 14);
-    cur = sum;
-    m.grad_shared = false;
+  if constexpr (!std::is_same_v<Dev, Cpu>) {
+    if (m.grad_shared) {
+      cur = autograd_add(cur, g);
+      m.grad_shared = false;
+    } else {
+      autograd_add_inplace(cur, g);
+    }
   } else {
-    T* cp = cur.data();
-    parallel_for(n, [&](int64_t i) { cp[i] += gp[i]; }, 1 << 14);
+    const T* gp = g.data();
+    const int64_t n = g.numel();
+    if (m.grad_shared) {
+      auto sum = Tensor<T, Dev>::empty(cur.shape());
+      const T* cp = cur.data();
+      T* sp = sum.data();
+      parallel_for(n, [&](int64_t i) { sp[i] = cp[i] + gp[i]; }, 1 << 14);
+      cur = sum;
+      m.grad_shared = false;
+    } else {
+      T* cp = cur.data();
+      parallel_for(n, [&](int64_t i) { cp[i] += gp[i]; }, 1 << 14);
+    }
   }
 }
 
@@ -139,9 +149,11 @@ void record(const char* op, Tensor<T, Dev>& out, F&& backward) {
 }
 
 namespace detail {
+/// Views of device tensors: the same records; a narrow's backward (zero tensor with the gradient copied into the
+/// narrowed range) is the backend's autograd_unnarrow(g, full_shape, dim, start), found by argument-dependent
+/// lookup (CUDA: adabldm/core/cuda/tensor.cuh).
 template <class T, class Dev>
 void record_view(const Tensor<T, Dev>& in, Tensor<T, Dev>& out, const ViewSpec& spec) {
-  static_assert(std::is_same_v<Dev, Cpu>, "autograd: views are differentiable on host tensors");
   if constexpr (!std::is_floating_point_v<T>) {
     (void)in, (void)out, (void)spec;
     throw Error(std::string("autograd: only float and double tensors are differentiable, not ") + typeid(T).name());
@@ -159,9 +171,13 @@ void record_view(const Tensor<T, Dev>& in, Tensor<T, Dev>& out, const ViewSpec& 
       }
       case ViewSpec::Narrow:
         record("narrow", out, [s, d = spec.dim, start = spec.start](const Tensor<T, Dev>& g) {
-          auto full = Tensor<T, Dev>::zeros(s.shape());
-          copy_into(full.narrow(d, start, g.shape()[d]), g);
-          s.add(full);
+          if constexpr (std::is_same_v<Dev, Cpu>) {
+            auto full = Tensor<T, Dev>::zeros(s.shape());
+            copy_into(full.narrow(d, start, g.shape()[d]), g);
+            s.add(full);
+          } else {
+            s.add(autograd_unnarrow(g, s.shape(), d, start));
+          }
         });
         break;
       case ViewSpec::Copy:

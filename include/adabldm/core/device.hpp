@@ -35,7 +35,12 @@ struct Cpu {
   }
 };
 
-/// Tag of the CUDA backend; its allocator and ops are in adabldm/core/cuda/*.cuh.
+/// Host buffers for Tensor<T, Cpu>::empty. Tensor finds a device's allocate_bytes by argument-dependent lookup
+/// on the tag, so another device adds its own overload (CUDA: adabldm/core/cuda/allocator.cuh).
+inline std::shared_ptr<void> allocate_bytes(Cpu, std::size_t bytes) { return Cpu::allocate(bytes); }
+
+/// Tag of the CUDA backend; its allocator and ops are in adabldm/core/cuda/*.cuh and adabldm/ops/cuda/*.cuh
+/// (compiled only by nvcc; see docs/cuda.md).
 struct Cuda {
   static constexpr const char* name = "cuda";
 };

@@ -31,7 +31,9 @@ class Tensor {
   /// Uninitialised tensor of the given shape.
   static Tensor empty(const Shape& shape) {
     Tensor t;
-    t.owner_ = Dev::allocate(static_cast<std::size_t>(shape.numel()) * sizeof(T));
+    // The device's allocator, found by argument-dependent lookup: allocate_bytes(Cpu, n) is in core/device.hpp,
+    // allocate_bytes(Cuda, n) in core/cuda/allocator.cuh (so CPU-only code never sees a CUDA symbol).
+    t.owner_ = allocate_bytes(Dev{}, static_cast<std::size_t>(shape.numel()) * sizeof(T));
     t.data_ = static_cast<T*>(t.owner_.get());
     t.shape_ = shape;
     t.strides_ = contiguous_strides(shape);
@@ -176,6 +178,7 @@ class Tensor {
   }
   /// Host only: the elements in row-major order.
   std::vector<T> to_vector() const {
+    static_assert(std::is_same_v<Dev, Cpu>, "to_vector() reads host tensors; copy to the host first");
     Tensor c = contiguous();
     return std::vector<T>(c.data_, c.data_ + c.numel());
   }

@@ -105,7 +105,7 @@ struct ControlNetModel {
 
   /// sample [B, in, h, w], timesteps, context [B, L, D], cond [B, C, h*s, w*s] in [0, 1] -> residuals x scale.
   ControlResiduals<T, Dev> operator()(const Tensor<T, Dev>& sample, const std::vector<T>& timesteps,
-                                      const Tensor<T, Dev>& context, const Tensor<T, Dev>& cond, T scale = T(1)) const {
+                                      const Tensor<T, Dev>& context, const Tensor<T, Dev>& cond, T scale = T(1.0f)) const {
     const auto& uc = config.unet;
     expect_rank(sample, 4, "ControlNet sample");
     check<ShapeError>(sample.dim(1) == uc.in_channels, "ControlNet: sample has ", sample.dim(1), " channels, the model ",

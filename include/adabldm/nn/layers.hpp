@@ -5,6 +5,12 @@
 #include "adabldm/nn/module.hpp"
 #include "adabldm/ops/ops.hpp"
 
+// The layers call ops::conv2d, ops::linear, ... by qualified name, which C++ resolves where a layer is defined:
+// for models with Dev = Cuda the CUDA overloads must be declared first.
+#if defined(__CUDACC__) && defined(ADABLDM_WITH_CUDA) && !defined(ADABLDM_CUDA_OPS_INCLUDED)
+#error "include adabldm/cuda.cuh before the nn / model headers (the CUDA ops must be declared before the layers)"
+#endif
+
 namespace adabldm::nn {
 
 template <class T, class Dev = Cpu>

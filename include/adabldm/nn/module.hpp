@@ -9,6 +9,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "adabldm/core/error.hpp"
@@ -17,6 +18,16 @@
 #include "adabldm/io/state_dict.hpp"
 
 namespace adabldm::nn {
+
+namespace detail {
+/// A host tensor on device Dev: itself for the CPU, else the backend's device_upload (found by argument-dependent
+/// lookup on the tag; CUDA: adabldm/core/cuda/tensor.cuh).
+template <class Dev, class T>
+Tensor<T, Dev> on_device(const Tensor<T, Cpu>& t) {
+  if constexpr (std::is_same_v<Dev, Cpu>) return t;
+  else return device_upload(t, Dev{});
+}
+}  // namespace detail
 
 /// A learnable tensor: its shape is fixed by the architecture; `value` is empty until loaded or initialised
 /// (so a full-size model can be built just to count its parameters).
@@ -78,6 +89,7 @@ LoadReport load_state_dict(M& module, const io::StateDict& sd, bool strict = tru
   std::set<std::string> used;
   module.visit("", [&](const std::string& name, auto& p) {
     using ValueT = typename std::decay_t<decltype(p.value)>::value_type;
+    using DevT = typename std::decay_t<decltype(p.value)>::device_type;
     if (!sd.contains(name)) {
       r.missing.push_back(name);
       return;
@@ -88,7 +100,7 @@ LoadReport load_state_dict(M& module, const io::StateDict& sd, bool strict = tru
       r.mismatched.push_back(name + ": file " + ref.shape.str() + " vs model " + p.shape.str());
       return;
     }
-    p.value = ref.template to<ValueT>();
+    p.value = detail::on_device<DevT>(ref.template to<ValueT>());
     ++r.loaded;
   });
   for (const auto& [name, ref] : sd.tensors())
@@ -121,19 +133,20 @@ void init_missing(M& module, Rng& rng, const std::vector<std::string>& zero = {}
   };
   module.visit("", [&](const std::string& name, auto& p) {
     using ValueT = typename std::decay_t<decltype(p.value)>::value_type;
+    using DevT = typename std::decay_t<decltype(p.value)>::device_type;
     const std::string owner = name.substr(0, name.rfind('.') + 1);
     if (p.shape.rank() >= 2) fan_in_of[owner] = p.shape.numel() / std::max<int64_t>(1, p.shape[0]);
     if (p.loaded()) return;
     const bool is_zero = std::any_of(zero.begin(), zero.end(), [&](const std::string& z) { return name.rfind(z, 0) == 0; });
     if (is_zero) {
-      p.value = Tensor<ValueT, Cpu>::zeros(p.shape);
+      p.value = detail::on_device<DevT>(Tensor<ValueT, Cpu>::zeros(p.shape));
     } else if (p.shape.rank() == 1 && name.find("norm") != std::string::npos) {
-      p.value = Tensor<ValueT, Cpu>::full(p.shape, ValueT(ends_with(name, "weight") ? 1.0f : 0.0f));
+      p.value = detail::on_device<DevT>(Tensor<ValueT, Cpu>::full(p.shape, ValueT(ends_with(name, "weight") ? 1.0f : 0.0f)));
     } else {
       const auto it = fan_in_of.find(owner);
       const int64_t fan_in = p.shape.rank() >= 2 ? fan_in_of[owner] : (it != fan_in_of.end() ? it->second : p.shape.numel());
       const double bound = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(1, fan_in)));
-      p.value = rng.uniform<ValueT>(p.shape, -bound, bound);
+      p.value = detail::on_device<DevT>(rng.uniform<ValueT>(p.shape, -bound, bound));
     }
   });
 }
@@ -154,11 +167,12 @@ int64_t copy_shared_parameters(Dst& dst, Src& src) {
   int64_t n = 0;
   dst.visit("", [&](const std::string& name, auto& p) {
     using ValueT = typename std::decay_t<decltype(p.value)>::value_type;
+    using DevT = typename std::decay_t<decltype(p.value)>::device_type;
     if (!sd.contains(name)) return;
     const auto& ref = sd.at(name);
     check<ShapeError>(ref.shape == p.shape, "copy_shared_parameters: ", name, " is ", ref.shape.str(),
                       " in the source, ", p.shape.str(), " in the target");
-    p.value = ref.template to<ValueT>().clone();
+    p.value = detail::on_device<DevT>(ref.template to<ValueT>().clone());
     ++n;
   });
   return n;

@@ -100,7 +100,7 @@ struct TimestepEmbedding {
 
   /// One timestep per batch item -> [B, embed_dim].
   Tensor<T, Dev> operator()(const std::vector<T>& timesteps) const {
-    auto emb = ops::timestep_embedding<T>(timesteps, proj_dim, flip_sin_to_cos, freq_shift);
+    auto emb = ops::timestep_embedding<T, Dev>(timesteps, proj_dim, flip_sin_to_cos, freq_shift);
     auto h = linear_1(emb);
     ops::activate_(h, ops::Activation::SiLU);
     return linear_2(h);

@@ -2,6 +2,7 @@
 // Sinusoidal timestep embedding (diffusers' get_timestep_embedding; a constant of the timesteps) and table
 // lookup (nn.Embedding), whose backward scatter-adds the output gradient into the table's rows.
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "adabldm/core/tensor.hpp"
@@ -33,6 +34,14 @@ Tensor<T, Cpu> timestep_embedding(const std::vector<T>& timesteps, int64_t dim, 
     }
   }
   return out;
+}
+
+/// timestep_embedding<T, Dev>(...): the same on the device Dev (the models call this form). The CPU's is the op
+/// above; CUDA's computes the same values and uploads them (adabldm/ops/cuda/embedding.cuh).
+template <class T, class Dev, std::enable_if_t<std::is_same_v<Dev, Cpu>, int> = 0>
+Tensor<T, Cpu> timestep_embedding(const std::vector<T>& timesteps, int64_t dim, bool flip_sin_to_cos,
+                                  double freq_shift, double max_period = 10000.0, double scale = 1.0) {
+  return timestep_embedding<T>(timesteps, dim, flip_sin_to_cos, freq_shift, max_period, scale);
 }
 
 /// The gradient of embedding's table: dy's rows added into a zero [V, D] table at their ids (in order, so a

@@ -31,8 +31,14 @@
 // one expression and is switched off per function by ADABLDM_NO_FP_CONTRACT (clang's -ffp-contract=fast ignores
 // that pragma: results then differ from diffusers by a few float32 ulps).
 #if defined(__GNUC__) && !defined(__clang__)
+#if defined(__NVCC__)  // nvcc's front end does not know the pragma but hands it on to the host compiler (GCC)
+#pragma nv_diag_suppress 1675
+#endif
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
+#if defined(__NVCC__)
+#pragma nv_diag_default 1675
+#endif
 #define ADABLDM_NO_FP_CONTRACT
 #elif defined(__clang__)
 #define ADABLDM_NO_FP_CONTRACT _Pragma("clang fp contract(off)")
