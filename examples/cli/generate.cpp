@@ -146,7 +146,7 @@ int cmd_generate(int argc, char** argv) {
   if (fg_mode == "auto") {
     progress.note("fitting the foreground predictor on " + std::to_string(ok_files.size()) + " OK images");
     std::vector<Tensor<float>> feats;
-    for (const auto& f : ok_files) feats.push_back(vae_features(pipe.model().vae, pipe.prepare_image(read_image(f.string()))));
+    for (const auto& f : ok_files) feats.push_back(pipe.features(pipe.prepare_image(read_image(f.string()))));
     Rng rng(derive_seed(seed, 0xF0F0));
     const auto predictor = defect::ForegroundPredictor::fit(feats, rng);
     for (std::size_t i = 0; i < ok_files.size(); ++i)

@@ -9,13 +9,14 @@
 
 #include "adabldm/autograd/loss.hpp"
 #include "adabldm/core/rng.hpp"
+#include "adabldm/core/transfer.hpp"
 #include "adabldm/sampling/scheduler.hpp"
 
 namespace adabldm::autograd {
 
-template <class T>
+template <class T, class Dev = Cpu>
 struct LdmLoss {
-  Tensor<T, Cpu> loss;             ///< scalar; differentiable through the prediction
+  Tensor<T, Dev> loss;             ///< scalar on the prediction's device; differentiable through the prediction
   std::vector<int64_t> timesteps;  ///< the t drawn for each batch item
   Tensor<T, Cpu> noise;            ///< the noise drawn (x0's shape)
 };
@@ -42,26 +43,32 @@ Tensor<T, Cpu> per_item_mix(const sampling::DDIMScheduler& s, const Tensor<T, Cp
 }
 }  // namespace detail
 
-/// The LDM loss for one batch of clean latents x0 [B, ...] (data: no gradient flows into x0).
-/// predict(z_t, timesteps) -> prediction of x0's shape, with timesteps a std::vector<T> of one t per item.
+/// The LDM loss for one batch of clean latents x0 [B, ...] (host data: no gradient flows into x0).
+/// predict(z_t, timesteps) -> prediction of x0's shape on any device, with z_t a host tensor and timesteps a
+/// std::vector<T> of one t per item; the target goes to the prediction's device.
 /// Draws from rng in this order: B timesteps (Rng::uniform_int), then the noise (Rng::normal<T>(x0's shape)).
 template <class T, class Predict>
-LdmLoss<T> ldm_loss(Predict&& predict, const Tensor<T, Cpu>& x0_in, const sampling::DDIMScheduler& scheduler, Rng& rng) {
+auto ldm_loss(Predict&& predict, const Tensor<T, Cpu>& x0_in, const sampling::DDIMScheduler& scheduler, Rng& rng) {
   check<ShapeError>(x0_in.rank() >= 1 && x0_in.dim(0) > 0, "ldm_loss: x0 must be [B, ...], got ", x0_in.shape().str());
   const auto x0 = x0_in.detach().contiguous();
   const int64_t B = x0.dim(0), N = scheduler.config().num_train_timesteps;
-  LdmLoss<T> r;
-  for (int64_t b = 0; b < B; ++b) r.timesteps.push_back(rng.uniform_int(0, N - 1));
-  r.noise = rng.normal<T>(x0.shape());
-  const auto zt = detail::per_item_mix(scheduler, x0, r.noise, r.timesteps, /*velocity=*/false);
+  std::vector<int64_t> timesteps;
+  for (int64_t b = 0; b < B; ++b) timesteps.push_back(rng.uniform_int(0, N - 1));
+  auto noise = rng.normal<T>(x0.shape());
+  const auto zt = detail::per_item_mix(scheduler, x0, noise, timesteps, /*velocity=*/false);
   Tensor<T, Cpu> target;
   switch (scheduler.config().prediction_type) {
-    case sampling::PredictionType::Epsilon: target = r.noise; break;
-    case sampling::PredictionType::VPrediction: target = detail::per_item_mix(scheduler, x0, r.noise, r.timesteps, true); break;
+    case sampling::PredictionType::Epsilon: target = noise; break;
+    case sampling::PredictionType::VPrediction: target = detail::per_item_mix(scheduler, x0, noise, timesteps, true); break;
     case sampling::PredictionType::Sample: target = x0; break;
   }
-  const std::vector<T> t(r.timesteps.begin(), r.timesteps.end());
-  r.loss = mse(predict(zt, t), target);
+  const std::vector<T> t(timesteps.begin(), timesteps.end());
+  const auto prediction = predict(zt, t);
+  using Dev = typename std::decay_t<decltype(prediction)>::device_type;
+  LdmLoss<T, Dev> r;
+  r.loss = mse(prediction, upload_as<T, Dev>(target));
+  r.timesteps = std::move(timesteps);
+  r.noise = std::move(noise);
   return r;
 }
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "adabldm/autograd/params.hpp"
+#include "adabldm/core/transfer.hpp"
 #include "adabldm/io/safetensors.hpp"
 #include "adabldm/io/state_dict.hpp"
 
@@ -90,8 +91,8 @@ class AdamW {
     io::StateDict sd("AdamW state");
     for (const auto& e : entries_) {
       if (e.step == 0) continue;
-      sd.add("exp_avg." + e.name, e.exp_avg);
-      sd.add("exp_avg_sq." + e.name, e.exp_avg_sq);
+      sd.add("exp_avg." + e.name, download_as<T>(e.exp_avg));  // (a device's moments are copied to the host)
+      sd.add("exp_avg_sq." + e.name, download_as<T>(e.exp_avg_sq));
       sd.add("step." + e.name, Tensor<int64_t, Cpu>::from_vector({e.step}, Shape{}));
     }
     return sd;
@@ -105,8 +106,8 @@ class AdamW {
       e.exp_avg = e.exp_avg_sq = Tensor<T, Dev>{};
       if (!sd.contains("step." + e.name)) continue;
       e.step = sd.get<int64_t>("step." + e.name).data()[0];
-      e.exp_avg = sd.get<T>("exp_avg." + e.name).clone();
-      e.exp_avg_sq = sd.get<T>("exp_avg_sq." + e.name).clone();
+      e.exp_avg = upload_as<T, Dev>(sd.get<T>("exp_avg." + e.name).clone());
+      e.exp_avg_sq = upload_as<T, Dev>(sd.get<T>("exp_avg_sq." + e.name).clone());
       check<ShapeError>(e.exp_avg.shape() == e.param->shape && e.exp_avg_sq.shape() == e.param->shape, sd.source(),
                         ": AdamW moments of ", e.name, " are ", e.exp_avg.shape().str(), ", the parameter ",
                         e.param->shape.str());
@@ -119,8 +120,8 @@ class AdamW {
     io::SafeTensorsWriter w;
     for (const auto& e : entries_) {
       if (e.step == 0) continue;
-      w.add("exp_avg." + e.name, e.exp_avg);
-      w.add("exp_avg_sq." + e.name, e.exp_avg_sq);
+      w.add("exp_avg." + e.name, download_as<T>(e.exp_avg));
+      w.add("exp_avg_sq." + e.name, download_as<T>(e.exp_avg_sq));
       w.add("step." + e.name, Tensor<int64_t, Cpu>::from_vector({e.step}, Shape{}));
     }
     w.write(path);

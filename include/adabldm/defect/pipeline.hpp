@@ -6,8 +6,11 @@
 #include <chrono>
 #include <functional>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "adabldm/defect/decoder_adaptation.hpp"
@@ -74,21 +77,25 @@ inline std::string fill_prompt(std::string tpl, const std::string& object, const
 
 /// Image features for the unsupervised foreground predictor: the VAE encoder's activations at stride 4
 /// (conv_in and the first two down blocks) — the loaded model's own features, as no ImageNet network is
-/// available offline (the official code uses EfficientNet-B0 features.2, also stride 4).
-inline Tensor<float> vae_features(const models::AutoencoderKL<float>& vae, const Tensor<float>& image) {
+/// available offline (the official code uses EfficientNet-B0 features.2, also stride 4). Host image in, host
+/// features out, the encoder on any device.
+template <class T, class Dev>
+Tensor<float> vae_features(const models::AutoencoderKL<T, Dev>& vae, const Tensor<float>& image) {
   const auto& enc = vae.encoder;
-  auto h = enc.conv_in(image);
+  auto h = enc.conv_in(upload_as<T, Dev>(image));
   for (std::size_t i = 0; i < std::min<std::size_t>(2, enc.down_blocks.size()); ++i) h = enc.down_blocks[i](h);
-  return h;
+  return download_as<float>(h);
 }
 
 /// Progress of one sample: the phase ("sampling", "adaptation"), the step done and the steps of that phase.
 using StepProgress = std::function<void(const char* phase, int step, int steps)>;
 
+/// The pipeline with the UNet and the trimap encoder in storage type T on device Dev (float on the CPU: the
+/// reference; e.g. half on Cuda). The VAE (encoding, image editing, decoder adaptation) runs on Dev in float;
+/// the text encoder, the sampler's arithmetic and the geometry run on the host in float (small, and the
+/// numerics every device shares).
 template <class T = float, class Dev = Cpu>
 class Pipeline {
-  static_assert(std::is_same_v<T, float> && std::is_same_v<Dev, Cpu>, "the pipeline runs in float on the CPU for now");
-
  public:
   /// A base model (single file or diffusers folder) and a trimap encoder (a path; empty: the base model's own
   /// controlnet/ or control_model.* tensors).
@@ -105,14 +112,36 @@ class Pipeline {
     sd.controlnet.reset();
     return Pipeline(std::move(sd), std::move(cn));
   }
+  /// Converts (and, for a device, uploads) the networks; the host copies of the UNet and the VAE are then
+  /// released unless they are the ones used (float on the CPU).
   Pipeline(models::StableDiffusion sd, models::ControlNetModel<float> controlnet)
-      : sd_(std::move(sd)), controlnet_(std::move(controlnet)) {}
+      : unet_(nn::convert<T, Dev>(sd.unet)), controlnet_(nn::convert<T, Dev>(controlnet)),
+        vae_(nn::convert<float, Dev>(sd.vae)), sd_(std::move(sd)) {
+    if constexpr (!std::is_same_v<Dev, Cpu>) {
+      sd_.unet = models::UNet2DConditionModel<float>(sd_.unet.config);  // the architecture, no values
+      sd_.vae = models::AutoencoderKL<float>(sd_.vae.config);
+    }
+  }
 
+  /// The host side: text encoder, tokenizer, scheduler and the configs.
   models::StableDiffusion& model() { return sd_; }
-  const models::ControlNetModel<float>& trimap_encoder() const { return controlnet_; }
+  const models::UNet2DConditionModel<T, Dev>& unet() const { return unet_; }
+  const models::ControlNetModel<T, Dev>& trimap_encoder() const { return controlnet_; }
+  const models::AutoencoderKL<float, Dev>& vae() const { return vae_; }
   PipelineOptions& options() { return options_; }
   const PipelineOptions& options() const { return options_; }
 
+  /// Features of an image for the foreground predictor (see vae_features).
+  Tensor<float> features(const Tensor<float>& image) const { return vae_features(vae_, image); }
+
+  /// The CLIP embedding of a prompt (computed once per distinct text).
+  Tensor<float> prompt_embedding(const std::string& text) const {
+    std::lock_guard<std::mutex> lock(prompts_->mutex);
+    auto it = prompts_->embeddings.find(text);
+    if (it == prompts_->embeddings.end())
+      it = prompts_->embeddings.emplace(text, sampling::encode_prompt(sd_.tokenizer, sd_.text_encoder, text, sd_.pad)).first;
+    return it->second;
+  }
 
   /// The OK image at the pipeline size (no aspect preservation, as the official code).
   Tensor<float> prepare_image(const Tensor<float>& img) const {
@@ -128,7 +157,7 @@ class Pipeline {
     auto seconds = [](clock::time_point a) { return std::chrono::duration<double>(clock::now() - a).count(); };
     const auto t0 = clock::now();
     const int S = options_.size;
-    const int64_t f = sd_.vae_scale();
+    const int64_t f = vae_.downscale();
     check(S > 0 && S % f == 0, "pipeline: --size ", S, " must be a positive multiple of ", f);
     check(!job.defects.empty(), "pipeline: no real defect masks given");
     Rng rng(job.seed);
@@ -156,34 +185,33 @@ class Pipeline {
     // Blended sampling.
     const auto t1 = clock::now();
     out.prompt = fill_prompt(options_.prompt_template, job.object, job.defect);
-    sampling::ConditionedUNet model;
-    model.unet = &sd_.unet;
+    sampling::ConditionedUNet<T, Dev> model;
+    model.unet = &unet_;
     model.controlnet = &controlnet_;
     model.guidance = sampling::Guidance{options_.guidance};
-    model.cond = sampling::encode_prompt(sd_.tokenizer, sd_.text_encoder, out.prompt, sd_.pad);
-    model.uncond = sampling::encode_prompt(sd_.tokenizer, sd_.text_encoder, options_.negative_prompt, sd_.pad);
+    model.cond = prompt_embedding(out.prompt);
+    model.uncond = prompt_embedding(options_.negative_prompt);
     if (options_.control_context == sampling::ControlContext::Prompt) {
       model.cn_cond = model.cond;
       model.cn_uncond = model.uncond;
     } else {
-      model.cn_cond = model.cn_uncond = sampling::encode_prompt(sd_.tokenizer, sd_.text_encoder, "", sd_.pad);
+      model.cn_cond = model.cn_uncond = prompt_embedding("");
     }
     model.control = control;
     model.control_scale = options_.control_scale;
 
     sampling::BlendInputs in;
     in.ok_image = ok;
-    in.ok_latent = sd_.vae.encode_scaled(ok, options_.sample_posterior ? &rng : nullptr);
+    in.codec = codec();
+    in.ok_latent = in.codec.encode(ok, options_.sample_posterior ? &rng : nullptr);
     in.latent_mask = latent_mask;
     in.pixel_mask = out.mask;
     in.sample_posterior = options_.sample_posterior;
-    in.codec.decode = [this](const Tensor<float>& z) { return sd_.vae.decode_scaled(z); };
-    in.codec.encode = [this](const Tensor<float>& x, Rng* r) { return sd_.vae.encode_scaled(x, r); };
     sampling::DDIMScheduler scheduler(sd_.scheduler);
     scheduler.set_timesteps(options_.steps);
     const auto stages = options_.stage_builder ? options_.stage_builder(options_.steps, in)
                                                : sampling::make_stages(options_.preset, options_.steps, in);
-    const auto z_T = rng.normal<float>({1, sd_.unet.config.in_channels, S / f, S / f});
+    const auto z_T = rng.normal<float>({1, unet_.config.in_channels, S / f, S / f});
     out.latent = sampling::run_sampler(scheduler, z_T, model, stages, rng, 0.0,
                                        [&](const sampling::StepInfo& s, const sampling::SamplerState&, const auto&) {
                                          if (progress) progress("sampling", s.index + 1, s.num_steps);
@@ -193,22 +221,44 @@ class Pipeline {
     // Decoding.
     const auto t2 = clock::now();
     if (options_.adapt && options_.adaptation.steps > 0) {
-      const auto r = defect::adapt_decoder(sd_.vae, out.latent, ok, out.mask, options_.adaptation,
+      auto adaptation = options_.adaptation;
+      if constexpr (!std::is_same_v<Dev, Cpu>) adaptation.record_losses = false;  // no wait for the GPU per step
+      const auto r = defect::adapt_decoder(vae_, out.latent, ok, out.mask, adaptation,
                                            [&](int i, int n, double) { if (progress) progress("adaptation", i, n); });
       out.image = r.image;
       out.adapted = true;
     } else {
-      out.image = sd_.vae.decode_scaled(out.latent);
+      out.image = codec().decode(out.latent);
     }
     out.timings["decode"] = seconds(t2);
     out.timings["total"] = seconds(t0);
     return out;
   }
 
+  /// The VAE between host UNet-scale latents and host images, running on the device: decode(latent) and
+  /// encode(image, rng) (a posterior sample with rng, else the mean).
+  sampling::LatentCodec codec() const {
+    sampling::LatentCodec c;
+    c.decode = [this](const Tensor<float>& z) {
+      return download_as<float>(vae_.decode(upload_as<float, Dev>(models::unscaled_latent(vae_.config, z))));
+    };
+    c.encode = [this](const Tensor<float>& x, Rng* r) {
+      return models::scaled_latent(vae_.config, download_as<float>(vae_.moments(upload_as<float, Dev>(x))), r);
+    };
+    return c;
+  }
+
  private:
+  models::UNet2DConditionModel<T, Dev> unet_;
+  models::ControlNetModel<T, Dev> controlnet_;
+  models::AutoencoderKL<float, Dev> vae_;
   models::StableDiffusion sd_;
-  models::ControlNetModel<float> controlnet_;
   PipelineOptions options_;
+  struct PromptCache {
+    std::mutex mutex;
+    std::map<std::string, Tensor<float>> embeddings;
+  };
+  std::shared_ptr<PromptCache> prompts_ = std::make_shared<PromptCache>();
 };
 
 }  // namespace adabldm

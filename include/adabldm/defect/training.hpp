@@ -65,12 +65,17 @@ inline TrainingExample make_training_example(const TrainingSource& src, uint64_t
   return ex;
 }
 
+/// Trains a trimap encoder in float on device Dev (the CPU, or e.g. Cuda with a ControlNetModel<float, Cuda>);
+/// the frozen UNet and VAE are converted to that device, the text encoder and the data stay on the host.
+template <class Dev = Cpu>
 class TrimapEncoderTrainer {
  public:
-  /// sd: the frozen base model; controlnet: the trimap encoder to train (all its parameters).
-  TrimapEncoderTrainer(const models::StableDiffusion& sd, models::ControlNetModel<float>& controlnet, TrainingSource data,
-                       TrainOptions opt)
-      : sd_(sd), cn_(controlnet), data_(std::move(data)), opt_(opt), scheduler_(sd.scheduler),
+  /// sd: the frozen base model; controlnet: the trimap encoder to train (all its parameters), on Dev.
+  TrimapEncoderTrainer(const models::StableDiffusion& sd, models::ControlNetModel<float, Dev>& controlnet,
+                       TrainingSource data, TrainOptions opt)
+      : sd_(sd), unet_(nn::convert<float, Dev>(sd.unet)),
+        vae_(nn::convert<float, Dev>(sd.vae)), cn_(controlnet),
+        data_(std::move(data)), opt_(opt), scheduler_(sd.scheduler),
         optimiser_(controlnet, {opt.lr, 0.9, 0.999, 1e-8, opt.weight_decay}) {
     check(opt.batch >= 1 && opt.accum >= 1, "training: batch and accum must be >= 1");
     autograd::track(cn_);
@@ -93,19 +98,23 @@ class TrimapEncoderTrainer {
         controls.push_back(ex.control);
         contexts.push_back(context(ex.prompt));
       }
-      const auto image = ops::concat(images, 0), control = ops::concat(controls, 0), ctx = ops::concat(contexts, 0);
+      const auto image = ops::concat(images, 0);
+      const auto control = upload_as<float, Dev>(ops::concat(controls, 0));
+      const auto ctx = upload_as<float, Dev>(ops::concat(contexts, 0));
       std::vector<Tensor<float>> empties(static_cast<std::size_t>(opt_.batch), empty_);
-      const auto cn_ctx = opt_.control_context == sampling::ControlContext::Empty ? ops::concat(empties, 0) : ctx;
+      const auto cn_ctx =
+          opt_.control_context == sampling::ControlContext::Empty ? upload_as<float, Dev>(ops::concat(empties, 0)) : ctx;
       const uint64_t draw = opt_.noise_pool > 0 ? static_cast<uint64_t>((step_ * opt_.accum + micro) % opt_.noise_pool)
                                                 : static_cast<uint64_t>(step_ * opt_.accum + micro);
       Rng rng(derive_seed(opt_.seed ^ 0x7472616E, draw));  // the posterior sample, t and the noise
-      const auto x0 = sd_.vae.encode_scaled(image, &rng);
+      const auto x0 = models::scaled_latent(vae_.config, download_as<float>(vae_.moments(upload_as<float, Dev>(image))), &rng);
       autograd::TrainingScope scope;
-      auto predict = [&](const Tensor<float>& zt, const std::vector<float>& t) {
-        return sd_.unet(zt, t, ctx, cn_(zt, t, cn_ctx, control));
+      auto predict = [&](const Tensor<float>& zt_host, const std::vector<float>& t) {
+        const auto zt = upload_as<float, Dev>(zt_host);
+        return unet_(zt, t, ctx, cn_(zt, t, cn_ctx, control));
       };
       const auto r = autograd::ldm_loss(predict, x0, scheduler_, rng);
-      total += r.loss.data()[0];
+      total += scalar_value(r.loss);
       autograd::backward(opt_.accum > 1 ? ops::scale(r.loss, 1.0f / static_cast<float>(opt_.accum)) : r.loss);
     }
     optimiser_.step();
@@ -117,9 +126,9 @@ class TrimapEncoderTrainer {
   /// A checkpoint: the trimap encoder's weights under "controlnet." (what `generate --trimap-encoder` reads),
   /// the AdamW state under "optimizer.", and in the metadata the config, the step and the seed.
   void save(const std::string& path) const {
-    auto& cn = const_cast<models::ControlNetModel<float>&>(cn_);
+    auto& cn = const_cast<models::ControlNetModel<float, Dev>&>(cn_);
     io::SafeTensorsWriter w;
-    cn.visit("", [&](const std::string& name, auto& p) { w.add("controlnet." + name, p.value.detach()); });
+    cn.visit("", [&](const std::string& name, auto& p) { w.add("controlnet." + name, download_as<float>(p.value.detach())); });
     w.add_all(optimiser_.state_dict(), "optimizer.");
     w.metadata("format", "adabldm-trimap-encoder")
         .metadata("controlnet_config", io::controlnet_config_json(cn_.config).dump())
@@ -148,11 +157,13 @@ class TrimapEncoderTrainer {
   }
 
   const models::StableDiffusion& sd_;
-  models::ControlNetModel<float>& cn_;
+  models::UNet2DConditionModel<float, Dev> unet_;  // frozen (the host's own on the CPU)
+  models::AutoencoderKL<float, Dev> vae_;
+  models::ControlNetModel<float, Dev>& cn_;
   TrainingSource data_;
   TrainOptions opt_;
   sampling::DDIMScheduler scheduler_;
-  autograd::AdamW<float> optimiser_;
+  autograd::AdamW<float, Dev> optimiser_;
   Tensor<float> empty_;
   std::map<std::string, Tensor<float>> contexts_;
   int64_t step_ = 0;

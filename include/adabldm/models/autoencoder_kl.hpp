@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "adabldm/core/transfer.hpp"
 #include "adabldm/core/rng.hpp"
 #include "adabldm/io/json.hpp"
 #include "adabldm/nn/attention.hpp"
@@ -309,6 +310,22 @@ struct DiagonalGaussian {
   const Tensor<T, Dev>& mode() const { return mean; }
 };
 
+/// The latent the UNet sees from the posterior's moments (host): (mean, or a posterior sample when rng is given,
+/// - shift) * scaling.
+template <class T>
+Tensor<T, Cpu> scaled_latent(const AutoencoderKLConfig& config, const Tensor<T, Cpu>& moments, Rng* rng = nullptr) {
+  const auto posterior = DiagonalGaussian<T, Cpu>::from_moments(moments);
+  const auto z = rng ? posterior.sample(*rng) : posterior.mean;
+  const T shift = static_cast<T>(config.shift_factor), scaling = static_cast<T>(config.scaling_factor);
+  return ops::map(z, [=](T v) { return (v - shift) * scaling; });
+}
+/// latent / scaling + shift (host): a UNet-space latent back to the decoder's input.
+template <class T>
+Tensor<T, Cpu> unscaled_latent(const AutoencoderKLConfig& config, const Tensor<T, Cpu>& latent) {
+  const T shift = static_cast<T>(config.shift_factor), scaling = static_cast<T>(config.scaling_factor);
+  return ops::map(latent, [=](T v) { return v / scaling + shift; });
+}
+
 template <class T, class Dev = Cpu>
 struct AutoencoderKL {
   AutoencoderKLConfig config;
@@ -346,16 +363,13 @@ struct AutoencoderKL {
   }
 
   /// The latent the UNet sees: (posterior mean, or a posterior sample when rng is given, - shift) * scaling.
+  /// On a device, the moments come to the host for the posterior (a few kilobytes) and the latent goes back.
   Tensor<T, Dev> encode_scaled(const Tensor<T, Dev>& image, Rng* rng = nullptr) const {
-    const auto posterior = encode(image);
-    const auto z = rng ? posterior.sample(*rng) : posterior.mean;
-    const T shift = static_cast<T>(config.shift_factor), scaling = static_cast<T>(config.scaling_factor);
-    return ops::map(z, [=](T v) { return (v - shift) * scaling; });
+    return upload_as<T, Dev>(scaled_latent(config, download_as<T>(moments(image)), rng));
   }
   /// decode(latent / scaling + shift): a UNet-space latent back to an image.
   Tensor<T, Dev> decode_scaled(const Tensor<T, Dev>& latent) const {
-    const T shift = static_cast<T>(config.shift_factor), scaling = static_cast<T>(config.scaling_factor);
-    return decode(ops::map(latent, [=](T v) { return v / scaling + shift; }));
+    return decode(upload_as<T, Dev>(unscaled_latent(config, download_as<T>(latent))));
   }
 
   template <class F>

@@ -13,21 +13,13 @@
 #include <vector>
 
 #include "adabldm/core/error.hpp"
+#include "adabldm/core/transfer.hpp"
 #include "adabldm/core/rng.hpp"
 #include "adabldm/core/tensor.hpp"
 #include "adabldm/io/state_dict.hpp"
 
 namespace adabldm::nn {
 
-namespace detail {
-/// A host tensor on device Dev: itself for the CPU, else the backend's device_upload (found by argument-dependent
-/// lookup on the tag; CUDA: adabldm/core/cuda/tensor.cuh).
-template <class Dev, class T>
-Tensor<T, Dev> on_device(const Tensor<T, Cpu>& t) {
-  if constexpr (std::is_same_v<Dev, Cpu>) return t;
-  else return device_upload(t, Dev{});
-}
-}  // namespace detail
 
 /// A learnable tensor: its shape is fixed by the architecture; `value` is empty until loaded or initialised
 /// (so a full-size model can be built just to count its parameters).
@@ -100,7 +92,7 @@ LoadReport load_state_dict(M& module, const io::StateDict& sd, bool strict = tru
       r.mismatched.push_back(name + ": file " + ref.shape.str() + " vs model " + p.shape.str());
       return;
     }
-    p.value = detail::on_device<DevT>(ref.template to<ValueT>());
+    p.value = upload_as<ValueT, DevT>(ref.template to<ValueT>());
     ++r.loaded;
   });
   for (const auto& [name, ref] : sd.tensors())
@@ -115,7 +107,8 @@ io::StateDict state_dict(M& module, const std::string& source = "model") {
   io::StateDict sd(source);
   module.visit("", [&](const std::string& name, auto& p) {
     check(p.loaded(), "state_dict: parameter ", name, " has no value");
-    sd.add(name, p.value);
+    using ValueT = typename std::decay_t<decltype(p.value)>::value_type;
+    sd.add(name, download_as<ValueT>(p.value));  // host tensors as they are; device tensors copied to the host
   });
   return sd;
 }
@@ -139,14 +132,14 @@ void init_missing(M& module, Rng& rng, const std::vector<std::string>& zero = {}
     if (p.loaded()) return;
     const bool is_zero = std::any_of(zero.begin(), zero.end(), [&](const std::string& z) { return name.rfind(z, 0) == 0; });
     if (is_zero) {
-      p.value = detail::on_device<DevT>(Tensor<ValueT, Cpu>::zeros(p.shape));
+      p.value = upload_as<ValueT, DevT>(Tensor<ValueT, Cpu>::zeros(p.shape));
     } else if (p.shape.rank() == 1 && name.find("norm") != std::string::npos) {
-      p.value = detail::on_device<DevT>(Tensor<ValueT, Cpu>::full(p.shape, ValueT(ends_with(name, "weight") ? 1.0f : 0.0f)));
+      p.value = upload_as<ValueT, DevT>(Tensor<ValueT, Cpu>::full(p.shape, ValueT(ends_with(name, "weight") ? 1.0f : 0.0f)));
     } else {
       const auto it = fan_in_of.find(owner);
       const int64_t fan_in = p.shape.rank() >= 2 ? fan_in_of[owner] : (it != fan_in_of.end() ? it->second : p.shape.numel());
       const double bound = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(1, fan_in)));
-      p.value = detail::on_device<DevT>(rng.uniform<ValueT>(p.shape, -bound, bound));
+      p.value = upload_as<ValueT, DevT>(rng.uniform<ValueT>(p.shape, -bound, bound));
     }
   });
 }
@@ -172,10 +165,27 @@ int64_t copy_shared_parameters(Dst& dst, Src& src) {
     const auto& ref = sd.at(name);
     check<ShapeError>(ref.shape == p.shape, "copy_shared_parameters: ", name, " is ", ref.shape.str(),
                       " in the source, ", p.shape.str(), " in the target");
-    p.value = detail::on_device<DevT>(ref.template to<ValueT>().clone());
+    if constexpr (std::is_same_v<DevT, Cpu>) p.value = ref.template to<ValueT>().clone();
+    else p.value = upload_as<ValueT, DevT>(ref.template to<ValueT>());  // the upload is the copy
     ++n;
   });
   return n;
+}
+
+/// The module in storage type T on device Dev: a module of the same architecture (built from src.config) with
+/// every parameter converted and copied. With nothing to change it is src itself (sharing its buffers).
+///   auto unet_gpu = nn::convert<adabldm::half, Cuda>(unet);   // UNet2DConditionModel<half, Cuda>
+template <class T, class Dev, template <class, class> class M, class U, class D>
+M<T, Dev> convert(const M<U, D>& src) {
+  if constexpr (std::is_same_v<T, U> && std::is_same_v<Dev, D>) {
+    return src;
+  } else {
+    M<T, Dev> dst(src.config);
+    auto& from = const_cast<M<U, D>&>(src);  // visit() is not const; nothing is modified
+    const int64_t copied = copy_shared_parameters(dst, from), total = static_cast<int64_t>(parameter_names(dst).size());
+    check(copied == total, "nn::convert: copied ", copied, " of ", total, " parameter tensors (architectures differ)");
+    return dst;
+  }
 }
 
 }  // namespace adabldm::nn

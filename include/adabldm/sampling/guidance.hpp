@@ -5,6 +5,7 @@
 #include <functional>
 #include <string>
 
+#include "adabldm/core/transfer.hpp"
 #include "adabldm/models/clip_text.hpp"
 #include "adabldm/models/controlnet.hpp"
 #include "adabldm/text/clip_tokenizer.hpp"
@@ -34,10 +35,14 @@ inline Tensor<float> encode_prompt(const text::ClipTokenizer& tokenizer, const m
   return clip(t).last_hidden_state;
 }
 
-/// The UNet (+ optional ControlNet) with fixed text contexts, control image and guidance.
+/// The UNet (+ optional ControlNet) with fixed text contexts, control image and guidance, as a Denoiser: host
+/// float latents in and out (the sampler's side), the networks in storage type T on device Dev. The inputs are
+/// copied to the device on each call (a few hundred kilobytes against a UNet evaluation; none on the CPU in
+/// float) and the guidance combination runs on the host in float, so every device shares the CPU's sampler.
+template <class T = float, class Dev = Cpu>
 struct ConditionedUNet {
-  const models::UNet2DConditionModel<float>* unet = nullptr;
-  const models::ControlNetModel<float>* controlnet = nullptr;  ///< optional
+  const models::UNet2DConditionModel<T, Dev>* unet = nullptr;
+  const models::ControlNetModel<T, Dev>* controlnet = nullptr;  ///< optional
   Tensor<float> cond, uncond;        ///< UNet contexts [1, L, D]: the prompt and the negative prompt
   Tensor<float> cn_cond, cn_uncond;  ///< ControlNet contexts (see ControlContext)
   Tensor<float> control;             ///< [1, C, H, W] in [0, 1] (with a ControlNet)
@@ -50,13 +55,17 @@ struct ConditionedUNet {
   Tensor<float> operator()(const Tensor<float>& z, int64_t t) const {
     check(unet != nullptr, "ConditionedUNet: no UNet");
     ++calls;
-    const std::vector<float> ts{static_cast<float>(t)};
-    if (!guidance.enabled()) return predict(z, ts, cond, cn_cond, control);
+    const std::vector<T> ts{static_cast<T>(static_cast<float>(t))};
+    const auto up = [](const Tensor<float>& x) { return x.defined() ? upload_as<T, Dev>(x) : Tensor<T, Dev>{}; };
+    const auto zd = up(z);
+    if (!guidance.enabled()) return download_as<float>(predict(zd, ts, up(cond), up(cn_cond), up(control)));
     // One batch [uncond, cond], as diffusers concatenates them.
-    const auto x = ops::concat<float>({z, z}, 0);
-    const auto out = predict(x, ts, ops::concat<float>({uncond, cond}, 0),
-                             controlnet ? ops::concat<float>({cn_uncond, cn_cond}, 0) : Tensor<float>{},
-                             controlnet ? ops::concat<float>({control, control}, 0) : Tensor<float>{});
+    const auto both = [&](const Tensor<float>& a, const Tensor<float>& b) {
+      return up(ops::concat(std::vector<Tensor<float>>{a, b}, 0));
+    };
+    const auto out = download_as<float>(predict(ops::concat(std::vector<Tensor<T, Dev>>{zd, zd}, 0), ts,
+                                                both(uncond, cond), controlnet ? both(cn_uncond, cn_cond) : Tensor<T, Dev>{},
+                                                controlnet ? both(control, control) : Tensor<T, Dev>{}));
     const int64_t n = z.numel();
     auto eps = Tensor<float>::empty(z.shape());
     const float s = static_cast<float>(guidance.scale);
@@ -67,10 +76,10 @@ struct ConditionedUNet {
   }
 
  private:
-  Tensor<float> predict(const Tensor<float>& x, const std::vector<float>& ts, const Tensor<float>& ctx,
-                        const Tensor<float>& cn_ctx, const Tensor<float>& hint) const {
+  Tensor<T, Dev> predict(const Tensor<T, Dev>& x, const std::vector<T>& ts, const Tensor<T, Dev>& ctx,
+                         const Tensor<T, Dev>& cn_ctx, const Tensor<T, Dev>& hint) const {
     if (!controlnet) return (*unet)(x, ts, ctx);
-    const auto residuals = (*controlnet)(x, ts, cn_ctx, hint, control_scale);
+    const auto residuals = (*controlnet)(x, ts, cn_ctx, hint, static_cast<T>(control_scale));
     return (*unet)(x, ts, ctx, residuals);
   }
 };

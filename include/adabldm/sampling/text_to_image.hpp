@@ -33,7 +33,7 @@ inline TextToImageResult text_to_image(const models::StableDiffusion& sd, const 
                                        const StepCallback& on_step = {}) {
   const bool use_control = controlnet && req.control.defined();
   check(!req.control.defined() || controlnet, "a control image was given but the model has no ControlNet");
-  ConditionedUNet model;
+  ConditionedUNet<> model;
   model.unet = &sd.unet;
   model.guidance = Guidance{req.guidance};
   model.cond = encode_prompt(sd.tokenizer, sd.text_encoder, req.prompt, sd.pad);
