@@ -105,7 +105,8 @@ inline Diff compare(const F32& got, const F32& ref) {
   for (std::size_t i = 0; i < r.size(); ++i) {
     d.max_ref = std::max(d.max_ref, std::abs(static_cast<double>(r[i])));
     const double e = std::abs(static_cast<double>(g[i]) - static_cast<double>(r[i]));
-    if (!(e <= d.max_diff)) d.max_diff = e;  // NaN propagates as a failure
+    if (std::isnan(e)) d.max_diff = e;  // NaN sticks (a later finite e must not overwrite it): a failure
+    else if (e > d.max_diff) d.max_diff = e;
   }
   return d;
 }

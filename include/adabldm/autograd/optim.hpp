@@ -93,7 +93,7 @@ class AdamW {
       if (e.step == 0) continue;
       sd.add("exp_avg." + e.name, download_as<T>(e.exp_avg));  // (a device's moments are copied to the host)
       sd.add("exp_avg_sq." + e.name, download_as<T>(e.exp_avg_sq));
-      sd.add("step." + e.name, Tensor<int64_t, Cpu>::from_vector({e.step}, Shape{}));
+      sd.add("step." + e.name, Tensor<int64_t, Cpu>::from_vector(std::vector<int64_t>{e.step}, Shape{}));
     }
     return sd;
   }
@@ -122,7 +122,7 @@ class AdamW {
       if (e.step == 0) continue;
       w.add("exp_avg." + e.name, download_as<T>(e.exp_avg));
       w.add("exp_avg_sq." + e.name, download_as<T>(e.exp_avg_sq));
-      w.add("step." + e.name, Tensor<int64_t, Cpu>::from_vector({e.step}, Shape{}));
+      w.add("step." + e.name, Tensor<int64_t, Cpu>::from_vector(std::vector<int64_t>{e.step}, Shape{}));
     }
     w.write(path);
   }

@@ -144,8 +144,9 @@ inline StateDict clip_from_ldm_sd2(const StateDict& open_clip, int64_t keep_laye
   using namespace clip_keys_detail;
   StateDict out(open_clip.source());
   const std::string layer_prefix = "transformer.resblocks.";
-  for (const auto& [name, ref] : open_clip.tensors()) {
-    auto skip = [&] {
+  for (const auto& entry : open_clip.tensors()) {
+    const auto& [name, ref] = entry;
+    auto skip = [&, &name = entry.first] {  // (lambdas capture structured bindings only from C++20)
       if (skipped) skipped->push_back(name);
     };
     if (name == "text_projection" || name == "logit_scale" || starts_with(name, "visual.")) {
@@ -193,7 +194,8 @@ inline StateDict clip_to_ldm_sd2(const StateDict& clip) {
   using namespace clip_keys_detail;
   StateDict out(clip.source());
   const std::string layer_prefix = "text_model.encoder.layers.";
-  for (const auto& [name, ref] : clip.tensors()) {
+  for (const auto& entry : clip.tensors()) {
+    const auto& [name, ref] = entry;
     if (name == "text_model.embeddings.position_ids") continue;
     bool renamed = false;
     for (const auto& r : top_renames())
@@ -210,7 +212,7 @@ inline StateDict clip_to_ldm_sd2(const StateDict& clip) {
     const std::string hf_layer = layer_prefix + std::to_string(i) + ".";
     if (rest == "self_attn.q_proj.weight" || rest == "self_attn.q_proj.bias") {
       const std::string kind = ends_with(rest, "weight") ? "weight" : "bias";
-      auto part = [&](const char* which) {
+      auto part = [&, &name = entry.first](const char* which) {  // (structured bindings: C++20 to capture)
         const std::string key = hf_layer + "self_attn." + which + "_proj." + kind;
         check<FormatError>(clip.contains(key), clip.source(), ": \"", key, "\" is missing (needed with \"", name,
                            "\" for attn.in_proj_", kind, ")");

@@ -336,6 +336,13 @@ Tensor<T, Cuda> device_upload(const Tensor<T, Cpu>& host, Cuda) {
   return cuda::to_device(host);
 }
 
+/// A device tensor copied to a new host tensor (core/transfer.hpp's download_as finds it by argument-dependent
+/// lookup).
+template <class T>
+Tensor<T, Cpu> device_download(const Tensor<T, Cuda>& device) {
+  return cuda::to_host(device);
+}
+
 /// Ones of t's shape (the seed of backward from a scalar loss).
 template <class T>
 Tensor<T, Cuda> autograd_ones_like(const Tensor<T, Cuda>& t) {

@@ -1,6 +1,6 @@
 #pragma once
 // CUDA twin of ops/conv.hpp: 2-D convolution (groups = 1) through cuDNN's forward, backward-data and
-// backward-filter kernels, with the bias added by cudnnAddTensor and its gradient by our reduction.
+// backward-filter kernels, with the bias added and its gradient summed by our own kernels.
 //
 // - Layout: NCHW, the layout of every tensor in this library (cuDNN converts internally where its tensor-core
 //   kernels want NHWC; the choice is cuDNN's and invisible here).
@@ -138,6 +138,9 @@ inline ConvChoice choose(ConvDirection dir, cudnnDataType_t type, ConvDescriptor
     if (it != conv_cache().end()) return it->second;
   }
   cudnnHandle_t h = cuda::cudnn_handle();
+  // The descriptor may carry the math type chosen for another direction: query with the default one, so that the
+  // choice does not depend on which direction was chosen first.
+  ADABLDM_CUDNN_CHECK(cudnnSetConvolutionMathType(d.conv, d.default_math));
   constexpr int kMax = 16;
   int returned = 0;
   ConvChoice c;
@@ -176,9 +179,28 @@ inline ConvChoice choose(ConvDirection dir, cudnnDataType_t type, ConvDescriptor
       c = pick(perf, returned, type, "backward-filter");
     }
   }
+  // The reported size is for the reported math type; pick() may have forced FMA math, so ask again with it.
+  ADABLDM_CUDNN_CHECK(cudnnSetConvolutionMathType(d.conv, c.math));
+  std::size_t bytes = 0;
+  if (dir == ConvDirection::Forward)
+    ADABLDM_CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, d.x, d.w, d.conv, d.y,
+                                                                static_cast<cudnnConvolutionFwdAlgo_t>(c.algo), &bytes));
+  else if (dir == ConvDirection::BackwardData)
+    ADABLDM_CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
+        h, d.w, d.y, d.conv, d.x, static_cast<cudnnConvolutionBwdDataAlgo_t>(c.algo), &bytes));
+  else
+    ADABLDM_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
+        h, d.x, d.y, d.conv, d.w, static_cast<cudnnConvolutionBwdFilterAlgo_t>(c.algo), &bytes));
+  c.workspace = std::max(c.workspace, bytes);
   std::lock_guard<std::mutex> lock(conv_cache_mutex());
   conv_cache()[key] = c;
   return c;
+}
+
+/// out[n, o, ...] += bias[o] for a contiguous [N, O, spatial] tensor (float arithmetic, one rounding).
+template <class T>
+__global__ void add_channel_bias_kernel(T* out, const T* bias, int64_t O, int64_t spatial, int64_t n) {
+  ADABLDM_GRID_STRIDE(i, n) cuda::detail::st(out, i, cuda::detail::ld(out, i) + cuda::detail::ld(bias, i / spatial % O));
 }
 
 inline bool symmetric(const Conv2dParams& p) { return p.pad_top == p.pad_bottom && p.pad_left == p.pad_right; }
@@ -275,8 +297,12 @@ Tensor<T, Cuda> conv2d(const Tensor<T, Cuda>& x_in, const Tensor<T, Cuda>& weigh
                                                 static_cast<cudnnConvolutionFwdAlgo_t>(c.algo), workspace.data(),
                                                 c.workspace, &zero, d.y, out.data()));
     if (bias.defined()) {
+      // Our kernel, not cudnnAddTensor (deprecated in cuDNN 9, bfloat16 support not documented).
       const auto b = bias.contiguous();
-      ADABLDM_CUDNN_CHECK(cudnnAddTensor(h, &one, d.bias, b.data(), &one, d.y, out.data()));
+      cuda_detail::add_channel_bias_kernel<T><<<cuda::detail::grid_for(out.numel()), cuda::detail::kThreads, 0,
+                                                cuda::current_stream()>>>(out.data(), b.data(), O, Ho * Wo,
+                                                                          out.numel());
+      ADABLDM_CUDA_CHECK_LAUNCH();
     }
   }
   const auto b = bias.defined() ? bias.contiguous() : Tensor<T, Cuda>{};

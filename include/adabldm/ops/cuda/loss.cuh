@@ -90,8 +90,9 @@ Tensor<T, Cuda> masked_mse(const Tensor<T, Cuda>& a_in, const Tensor<T, Cuda>& b
     NoGradScope constant_mask;
     w = ops::add(cuda::zeros<T>(a.shape()), mask.detach());
   }
-  const auto w_host = cuda::to_host(ops::sum_to_shape(w, Shape{1}));
-  const double total = static_cast<double>(static_cast<float>(w_host.data()[0]));
+  // Summed in float: a sum stored in T would be rounded to 8 (bf16) / 11 (f16) bits, or overflow f16 past 65504.
+  const auto w_host = cuda::to_host(ops::sum_to_shape(cuda::convert<float>(w), Shape{1}));
+  const double total = static_cast<double>(w_host.data()[0]);
   check(total > 0, "masked_mse: the mask selects nothing");
   return cuda_detail::weighted_mse(a, b, w, total, "masked_mse");
 }
