@@ -161,6 +161,33 @@ TEST_CASE("generate: bad input is one clear line and a non-zero exit") {
   fs::remove_all(masks);
 }
 
+TEST_CASE("generate / train: --device and --dtype are checked; --device cuda runs or says why not") {
+  const auto out = temp_dir("device");
+  auto r = cli(gen_args(out) + " -n 1 --dtype f16");
+  CHECK(r.code != 0);
+  CHECK(r.err.find("--dtype f16: the CPU runs in f32") != std::string::npos);
+  r = cli(gen_args(out) + " -n 1 --device tpu");
+  CHECK(r.code != 0);
+  CHECK(r.err.find("--device tpu: expected cpu or cuda") != std::string::npos);
+  r = cli(gen_args(out) + " -n 1 --tf32");
+  CHECK(r.code != 0);
+  CHECK(r.err.find("--tf32 applies to --device cuda only") != std::string::npos);
+  r = cli("train --device cuda --dtype f16 --steps 1 --out x.safetensors");
+  CHECK(r.code != 0);
+  CHECK(r.err.find("--dtype f16: expected one of f32") != std::string::npos);  // training runs in f32
+  // Without a GPU (CI) or without the CUDA backend: one line saying which; with a GPU: a sample like the CPU's.
+  r = cli(gen_args(out) + " -n 1 --device cuda --dtype f32");
+  if (r.code != 0) {
+    MESSAGE("--device cuda: ", r.err);
+    CHECK((r.err.find("--device cuda: no CUDA device") != std::string::npos ||
+           r.err.find("--device cuda: this adabldm was built without the CUDA backend") != std::string::npos));
+  } else {
+    CHECK(fs::exists(out / "images" / "000000.png"));
+    CHECK(lines(out / "manifest.jsonl").size() == 1);
+  }
+  fs::remove_all(out);
+}
+
 TEST_CASE("train: checkpoint, CSV log, exact resume, and the result as --trimap-encoder") {
   const auto dir = temp_dir("train");
   const std::string data = " --ok " + golden::path("magnetic-tile/ok") + " --ng " + golden::path("magnetic-tile/ng") +

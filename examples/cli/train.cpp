@@ -1,130 +1,18 @@
-// adabldm train: fine-tune a trimap encoder (ControlNet) on a few real defects, the base model frozen.
-#include <chrono>
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
-#include <string>
-
-#include <adabldm/defect/training.hpp>
-
-#include "args.hpp"
-#include "commands.hpp"
-#include "dataset.hpp"
-#include "progress.hpp"
+// adabldm train on the CPU, or handed to the CUDA build (cuda_commands.cu). See train_run.hpp.
+#include "train_run.hpp"
 
 namespace cli {
 
-namespace {
-const char* kUsage =
-    "usage: adabldm train --model PATH --ok DIR --ng DIR --masks DIR --object NAME --defect NAME --steps N\n"
-    "                     --out FILE [options]\n"
-    "  --model PATH            base model (diffusers pipeline folder or single file); frozen\n"
-    "  --config JSON           configs for what tensor shapes cannot tell (see docs/cli.md)\n"
-    "  --init PATH             start from this trimap encoder (default: a copy of the base UNet's encoder with a\n"
-    "                          fresh hint block and zero convolutions, as ControlNet's tool_add_control)\n"
-    "  --ok DIR, --ng DIR, --masks DIR, --object NAME, --defect NAME   as for generate\n"
-    "  --prompt-template T     default \"a {object} with a {defect}\"\n"
-    "  --steps N               total optimiser steps (a resumed run stops at the same N)\n"
-    "  --out FILE              the checkpoint (.safetensors): weights + optimiser state + step\n"
-    "  --batch B               examples per micro-batch (default 1)\n"
-    "  --accum K               micro-batches per step (default 1)\n"
-    "  --lr LR                 AdamW learning rate (default 1e-5; weight decay 0.01)\n"
-    "  --seed S                (default 0)\n"
-    "  --save-every N          also write the checkpoint every N steps\n"
-    "  --resume CKPT           continue a run exactly from its checkpoint\n"
-    "  --log LOSS.csv          one row per step: step,loss,seconds\n"
-    "  --size PX               training size (default 256)\n"
-    "  --prompt-dropout P      fraction of empty prompts (the paper: 0.1; official code and default: 0)\n"
-    "  --anisotropic           the official code's anisotropic rescale of the pasted defects\n"
-    "  --device cpu|cuda       (cpu; the CUDA backend is not built into this tool yet)\n"
-    "  --quiet                 no progress output\n";
-}  // namespace
-
 int cmd_train(int argc, char** argv) {
-  using namespace adabldm;
-  Args args(argc, argv, 2,
-            {"model", "config", "init", "ok", "ng", "masks", "object", "defect", "prompt-template", "steps", "out", "batch",
-             "accum", "lr", "seed", "save-every", "resume", "log", "size", "prompt-dropout", "device"},
-            {"help", "quiet", "anisotropic"});
+  const Args args = train_args(argc, argv);
   if (args.flag("help")) {
-    std::fputs(kUsage, stdout);
+    std::fputs(train_detail::kUsage, stdout);
     return 0;
   }
-  check(args.positional().empty(), "unexpected argument \"", args.positional().empty() ? "" : args.positional()[0], "\"");
-  check(args.get("device", "cpu") == "cpu", "--device ", args.get("device"), ": this build runs on the CPU only");
-  const int64_t steps = args.integer("steps", -1);
-  check(steps >= 1, "--steps must be given and >= 1");
-  const std::string out = args.require("out");
-  const int size = static_cast<int>(args.integer("size", 256));
-  const int64_t save_every = args.integer("save-every", 0);
-  check(save_every >= 0, "--save-every must be >= 0");
-
-  // Data first: bad input fails before the model is loaded.
-  const auto ok_files = list_images(args.require("ok"), "ok");
-  const auto defects = read_defects(list_images(args.require("ng"), "ng"), args.require("masks"));
-  defect::TrainingSource data;
-  for (const auto& f : ok_files) data.ok_images.push_back(defect::resize_bilinear(read_image(f.string()), size, size));
-  for (const auto& d : defects) {
-    // Real defects keep their scale relative to the OK images: both are resized by the same factor.
-    const double s = static_cast<double>(size) / std::max<int64_t>(d.image.dim(2), d.image.dim(3));
-    const int h = std::max(1, static_cast<int>(std::lround(d.image.dim(2) * s))), w = std::max(1, static_cast<int>(std::lround(d.image.dim(3) * s)));
-    data.defects.push_back({defect::resize_bilinear(d.image, h, w), defect::resize_mask(d.mask, h, w), d.name});
-  }
-  data.prompt = fill_prompt(args.get("prompt-template", "a {object} with a {defect}"), args.require("object"),
-                            args.require("defect"));
-
-  const bool quiet = args.flag("quiet");
-  Progress note(1, quiet);
-  note.note("loading " + args.require("model"));
-  const models::LoadOptions opt{models::ConfigOverrides::from_file(args.get("config")), ""};
-  const auto sd = models::StableDiffusion::load(args.get("model"), opt);
-  check(size % sd.vae_scale() == 0, "--size ", size, " must be a multiple of ", sd.vae_scale());
-  models::ControlNetModel<float> cn;
-  if (args.has("init")) {
-    cn = models::load_controlnet(models::ModelSource(args.get("init"), opt));
-  } else {
-    Rng rng(derive_seed(static_cast<uint64_t>(args.integer("seed", 0)), 0xC0DE));
-    cn = models::ControlNetModel<float>::from_unet(sd.unet, 3, {16, 32, 96, 256}, rng);
-  }
-  defect::TrainOptions topt;
-  topt.lr = args.number("lr", 1e-5);
-  topt.batch = static_cast<int>(args.integer("batch", 1));
-  topt.accum = static_cast<int>(args.integer("accum", 1));
-  topt.seed = static_cast<uint64_t>(args.integer("seed", 0));
-  topt.prompt_dropout = args.number("prompt-dropout", 0.0);
-  topt.synthesis.official_anisotropic_scale = args.flag("anisotropic");
-  check(topt.lr > 0 && topt.batch >= 1 && topt.accum >= 1 && topt.prompt_dropout >= 0 && topt.prompt_dropout <= 1,
-        "--lr must be > 0, --batch and --accum >= 1, --prompt-dropout in [0, 1]");
-  defect::TrimapEncoderTrainer trainer(sd, cn, std::move(data), topt);
-  if (args.has("resume")) {
-    trainer.resume(args.get("resume"));
-    note.note("resumed at step " + std::to_string(trainer.step()));
-  }
-  std::ofstream log;
-  if (args.has("log")) {
-    const bool fresh = !args.has("resume") || !std::filesystem::exists(args.get("log"));
-    log.open(args.get("log"), fresh ? std::ios::trunc : std::ios::app);
-    check<IoError>(log.good(), args.get("log"), ": cannot write");
-    if (fresh) log << "step,loss,seconds\n";
-  }
-  Progress progress(static_cast<int>(steps - trainer.step()), quiet);
-  const int64_t first = trainer.step();
-  double ema = 0;
-  while (trainer.step() < steps) {
-    const auto t0 = std::chrono::steady_clock::now();
-    const double loss = trainer.train_step();
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    ema = trainer.step() - first == 1 ? loss : 0.95 * ema + 0.05 * loss;
-    if (log.is_open()) log << trainer.step() << "," << loss << "," << secs << "\n" << std::flush;
-    char what[128];
-    std::snprintf(what, sizeof what, "step %lld/%lld loss %.5f (avg %.5f)", static_cast<long long>(trainer.step()),
-                  static_cast<long long>(steps), loss, ema);
-    progress.update(static_cast<double>(trainer.step() - first), what);
-    if (save_every > 0 && trainer.step() % save_every == 0 && trainer.step() < steps) trainer.save(out);
-  }
-  trainer.save(out);
-  progress.finish("trained " + std::to_string(steps - first) + " steps; wrote " + out);
-  return 0;
+  adabldm::check(args.positional().empty(), "unexpected argument \"", args.positional().empty() ? "" : args.positional()[0], "\"");
+  const auto where = parse_device(args, {"f32"});
+  if (where.cuda) return train_cuda(args, where);
+  return train_on<adabldm::Cpu>(args);
 }
 
 }  // namespace cli
