@@ -1,5 +1,7 @@
 # The CUDA backend: target adabldm::cuda (CUDA runtime, cuBLAS, cuBLASLt, cuDNN) when ADABLDM_CUDA allows and a
-# toolkit is found. The .cuh headers under include/adabldm/**/cuda are compiled only by nvcc.
+# toolkit is found. The .cuh headers under include/adabldm/**/cuda are compiled only by nvcc. Installed, the
+# package defines adabldm::cuda for consumers that enable CUDA (adabldmConfig.cmake).
+include(adabldmCudaTarget)
 set(ADABLDM_HAS_CUDA OFF)
 if(NOT ADABLDM_CUDA STREQUAL "OFF")
   include(CheckLanguage)
@@ -16,12 +18,8 @@ if(NOT ADABLDM_CUDA STREQUAL "OFF")
       set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
     endif()
     enable_language(CUDA)
-    find_package(CUDAToolkit)
-    find_path(ADABLDM_CUDNN_INCLUDE_DIR cudnn.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
-    find_library(ADABLDM_CUDNN_LIBRARY cudnn HINTS ${CUDAToolkit_LIBRARY_DIR})
-    if(CUDAToolkit_FOUND AND ADABLDM_CUDNN_INCLUDE_DIR AND ADABLDM_CUDNN_LIBRARY)
-      set(ADABLDM_HAS_CUDA ON)
-    endif()
+    adabldm_find_cuda_libraries()
+    set(ADABLDM_HAS_CUDA ${ADABLDM_CUDA_LIBRARIES_FOUND})
   endif()
   if(ADABLDM_CUDA STREQUAL "ON" AND NOT ADABLDM_HAS_CUDA)
     message(FATAL_ERROR "ADABLDM_CUDA=ON but no CUDA toolkit with cuBLAS and cuDNN was found")
@@ -32,15 +30,7 @@ if(ADABLDM_HAS_CUDA)
   add_library(adabldm_cuda INTERFACE)
   add_library(adabldm::cuda ALIAS adabldm_cuda)
   set_target_properties(adabldm_cuda PROPERTIES EXPORT_NAME cuda)
-  target_link_libraries(adabldm_cuda INTERFACE adabldm CUDA::cudart CUDA::cublas CUDA::cublasLt
-                        ${ADABLDM_CUDNN_LIBRARY})
-  target_include_directories(adabldm_cuda INTERFACE ${ADABLDM_CUDNN_INCLUDE_DIR})
-  target_compile_definitions(adabldm_cuda INTERFACE ADABLDM_WITH_CUDA=1)
-  target_compile_features(adabldm_cuda INTERFACE cuda_std_17)
-  # --expt-relaxed-constexpr: the kernels call core/dtype.hpp's constexpr bit conversions (NaN patterns).
-  # 20012: Eigen's defaulted __host__ __device__ members (a note about Eigen, not about this code).
-  target_compile_options(adabldm_cuda INTERFACE
-                         $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -diag-suppress=20012>)
+  adabldm_cuda_usage(adabldm_cuda)
   message(STATUS "adabldm: CUDA backend ON (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, archs ${CMAKE_CUDA_ARCHITECTURES})")
 else()
   message(STATUS "adabldm: CUDA backend OFF")

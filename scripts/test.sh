@@ -28,9 +28,13 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir bu
 step "consumer project via find_package after install"
 rm -rf build/install build/consumer-find build/consumer-fetch
 cmake --install build --prefix "$root/build/install"
-cmake -S examples/consumer -B build/consumer-find -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$root/build/install"
+cuda_consumer=OFF  # with nvcc, the consumer also builds a CUDA program against the installed adabldm::cuda
+if [ -x /usr/local/cuda/bin/nvcc ] || command -v nvcc >/dev/null; then cuda_consumer=ON; fi
+cmake -S examples/consumer -B build/consumer-find -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$root/build/install" \
+      -DCONSUMER_CUDA=$cuda_consumer -DCMAKE_CUDA_COMPILER="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
 cmake --build build/consumer-find -j "$jobs"
 build/consumer-find/consumer
+if [ "$cuda_consumer" = ON ]; then build/consumer-find/consumer_cuda; fi
 
 step "consumer project via FetchContent"
 cmake -S examples/consumer -B build/consumer-fetch -DCMAKE_BUILD_TYPE=Release -DCONSUMER_USE_FETCHCONTENT=ON \
