@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, on a machine with an NVIDIA GPU (and optionally PyTorch + diffusers for the comparison):
-#   1. builds the CUDA tests and the GPU benchmark for this GPU's architecture only (ccache when present),
+#   1. builds the CUDA tests, the CLI and the GPU benchmark for this GPU's architecture only (ccache when present),
 #   2. runs the CUDA tests (every kernel against its CPU twin, the golden models on the device),
 #   3. runs the GPU benchmark (SD1.5 sizes, random weights) and PyTorch's reference timings,
 #   4. prints one table: our time, PyTorch's time, and the ratio.
@@ -51,15 +51,16 @@ if [ ! -f "$cuda_include/cudnn.h" ] && [ ! -f /usr/include/cudnn.h ]; then
 fi
 mkdir -p "$build"
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DADABLDM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \
-      -DADABLDM_BUILD_EXAMPLES=OFF -DADABLDM_BUILD_BENCHMARKS=ON -DADABLDM_CPU_BENCHMARKS=OFF \
+      -DADABLDM_BUILD_EXAMPLES=ON -DADABLDM_BUILD_BENCHMARKS=ON -DADABLDM_CPU_BENCHMARKS=OFF \
       -DADABLDM_BUILD_TESTS=ON "${extra[@]}" > "$build/configure.log" 2>&1 \
   || { tail -30 "$build/configure.log"; echo "gpu_check: configure failed (log: $build/configure.log)"; exit 1; }
 
-step "build the CUDA tests and bench_gpu ($jobs jobs)"
+step "build the CUDA tests, the CLI and bench_gpu ($jobs jobs)"
 cmake --build "$build" -j "$jobs" --target gpu_check_build || { echo "gpu_check: build failed"; exit 1; }
 
 step "CUDA tests"
-for t in test_cuda_core test_cuda_ops test_cuda_gemm_conv test_cuda_attention test_cuda_models; do
+for t in test_cuda_core test_cuda_ops test_cuda_gemm_conv test_cuda_attention test_cuda_models test_cuda_pipeline \
+         test_cli_generate; do  # (test_cli_generate: the CLI with --device cuda, and its CPU cases)
   (cd "$build/tests" 2>/dev/null || cd "$build"; "$build/bin/$t") > "$build/$t.log" 2>&1
   rc=$?
   summary=$(grep -E "test cases:" "$build/$t.log" | tail -1)
