@@ -1,4 +1,5 @@
-// Models with Dev = Cuda: the UNet and ControlNet golden cases (diffusers 0.27.2, tests/data/{unet,controlnet}) run
+// Models with Dev = Cuda: the UNet, ControlNet, AutoencoderKL and CLIP text golden cases (diffusers 0.27.2 /
+// transformers, tests/data/{unet,controlnet,vae_kl,clip_text}) run
 // on the device and must meet the same bound as the CPU path (1e-4 x max(1, max |ref|), float32); half and bfloat16
 // UNets are reported against the same reference with their storage tolerances. Training on the device: the
 // gradients of every UNet parameter after one backward agree with the CPU's, and one AdamW step on the device
@@ -9,6 +10,8 @@
 
 #include "adabldm/autograd/autograd.hpp"
 #include "adabldm/io/safetensors.hpp"
+#include "adabldm/models/autoencoder_kl.hpp"
+#include "adabldm/models/clip_text.hpp"
 #include "adabldm/models/controlnet.hpp"
 
 using namespace cuda_test;
@@ -126,4 +129,35 @@ CUDA_TEST_CASE("UNet training step on the device: every parameter gradient match
   opt_dev.step();
   expect_close("conv_in.weight after one AdamW step", cuda::to_host(dev.encoder.conv_in.weight()),
                cpu.encoder.conv_in.weight().detach(), 1e-5);
+}
+
+CUDA_TEST_CASE("AutoencoderKL golden on the device: encoder, moments, decoder, scaled latents") {
+  ADABLDM_REQUIRE_CUDA();
+  AutoencoderKL<float, Cuda> vae(AutoencoderKLConfig::from_json(golden::config("vae_kl/config.json")));
+  nn::load_state_dict(vae, io::SafeTensors::open(golden::path("vae_kl/model.safetensors")).state_dict());
+  const auto io = io::SafeTensors::open(golden::path("vae_kl/io.safetensors"));
+  const auto image = cuda::to_device(io.get<float>("image"));
+  GOLDEN_CHECK("cuda vae_kl encoder_out", cuda::to_host(vae.encoder_out(image)), io.get<float>("encoder_out"));
+  GOLDEN_CHECK("cuda vae_kl moments", cuda::to_host(vae.moments(image)), io.get<float>("moments"));
+  GOLDEN_CHECK("cuda vae_kl latent_scaled", cuda::to_host(vae.encode_scaled(image)), io.get<float>("latent_scaled"));
+  GOLDEN_CHECK("cuda vae_kl decoded_mean", cuda::to_host(vae.decode(cuda::to_device(io.get<float>("posterior_mean")))),
+               io.get<float>("decoded_mean"));
+  GOLDEN_CHECK("cuda vae_kl decoded_z", cuda::to_host(vae.decode(cuda::to_device(io.get<float>("z")))),
+               io.get<float>("decoded_z"));
+}
+
+CUDA_TEST_CASE("CLIP text golden on the device: every hidden state, last state, pooler output") {
+  ADABLDM_REQUIRE_CUDA();
+  const auto config = ClipTextConfig::from_json(golden::config("clip_text/config.json"));
+  ClipTextModel<float, Cuda> clip(config);
+  load_clip_text(clip, io::SafeTensors::open(golden::path("clip_text/model.safetensors")).state_dict());
+  const auto io = io::SafeTensors::open(golden::path("clip_text/io.safetensors"));
+  const auto out = clip(io.get<int64_t>("input_ids"));
+  REQUIRE(out.hidden_states.size() == 4);
+  for (std::size_t i = 0; i < out.hidden_states.size(); ++i) {
+    const std::string name = "hidden_states_0" + std::to_string(i);
+    GOLDEN_CHECK("cuda clip " + name, cuda::to_host(out.hidden_states[i]), io.get<float>(name));
+  }
+  GOLDEN_CHECK("cuda clip last_hidden_state", cuda::to_host(out.last_hidden_state), io.get<float>("last_hidden_state"));
+  GOLDEN_CHECK("cuda clip pooler_output", cuda::to_host(out.pooler_output), io.get<float>("pooler_output"));
 }

@@ -215,12 +215,12 @@ struct ClipTextModel {
     out.hidden_states = run(input_ids, config.num_hidden_layers);
     out.last_hidden_state = final_layer_norm(out.hidden_states.back());
     out.eos_positions = eos_positions(input_ids);
-    const int64_t B = input_ids.dim(0), L = input_ids.dim(1), D = config.hidden_size;
-    out.pooler_output = Tensor<T, Dev>::empty({B, D});
-    for (int64_t b = 0; b < B; ++b) {
-      const T* row = out.last_hidden_state.data() + (b * L + out.eos_positions[static_cast<std::size_t>(b)]) * D;
-      std::copy(row, row + D, out.pooler_output.data() + b * D);
-    }
+    const int64_t B = input_ids.dim(0), D = config.hidden_size;
+    std::vector<Tensor<T, Dev>> rows;  // each row's EOS state (views, gathered by concat on any device)
+    for (int64_t b = 0; b < B; ++b)
+      rows.push_back(out.last_hidden_state.narrow(0, b, 1).narrow(1, out.eos_positions[static_cast<std::size_t>(b)], 1)
+                         .contiguous().reshape({1, D}));
+    out.pooler_output = ops::concat(rows, 0);
     return out;
   }
 
