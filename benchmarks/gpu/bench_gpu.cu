@@ -3,7 +3,8 @@
 // Prints a markdown table and one machine-readable line per stage ("RESULT <key> <seconds>") that
 // benchmarks/gpu_check.sh joins with PyTorch's timings (benchmarks/gpu/torch_ref.py).
 //   bench_gpu [--quick]      --quick: 256 x 256 only, fewer repetitions
-// Last: one whole `official` AdaBLDM sample at 256 x 256 (the issue's target: under 4 s on an H100).
+// First: attention alone (f16, tensor-core and CUDA-core forwards, with TFLOP/s). Last: one whole `official`
+// AdaBLDM sample at 256 x 256 (the issue's target: under 4 s on an H100).
 // Timing: CUDA events around `reps` repetitions after `warmup` runs (which also fill the caching allocator and the
 // cuDNN algorithm cache; cuDNN algorithms are measured: cuda::set_conv_benchmark(true)).
 #include <cstdio>
@@ -41,17 +42,21 @@ double time_it(const std::function<void()>& fn) {
   return ms / 1000.0 / g_reps;
 }
 
-void row(const std::string& key, const std::string& what, const std::function<void()>& fn) {
+/// Times fn, prints its table row and RESULT line; returns the seconds per call (0 when it failed).
+double row(const std::string& key, const std::string& what, const std::function<void()>& fn) {
+  double s = 0;
   try {
-    const double s = time_it(fn);
+    s = time_it(fn);
     const auto st = cuda::allocator_stats();
     std::printf("| %-62s | %9.4f | %8.2f |\n", what.c_str(), s, static_cast<double>(st.peak_bytes_in_use) / (1 << 30));
     std::printf("RESULT %s %.6f\n", key.c_str(), s);
   } catch (const std::exception& e) {
+    s = 0;
     std::printf("| %-62s | failed: %s |\n", what.c_str(), e.what());
   }
   std::fflush(stdout);
   cuda::CachingAllocator::instance().reset_counters();
+  return s;
 }
 
 template <class T>
@@ -71,6 +76,31 @@ models::AutoencoderKLConfig sd_vae_config() {
   vc.layout.norm_num_groups = 32;
   vc.sample_size = 512;
   return vc;
+}
+
+/// Attention alone (the UNet's first-level self-attention: B = 2, 8 heads of 40, half) at L = 1024 and 4096 (256
+/// and 512 images), tensor-core and CUDA-core forwards; TFLOP/s counts 4 B H L^2 D (Q K^T and P V).
+void attention_alone() {
+  Rng rng(4);
+  const int64_t B = 2, H = 8, D = 40;
+  const ops::AttentionParams p{H, 0.0, false};
+  for (int64_t L : {1024, 4096}) {
+    const auto q = dev<adabldm::half>(rng.normal({B, L, H * D})), k = dev<adabldm::half>(rng.normal({B, L, H * D})),
+               v = dev<adabldm::half>(rng.normal({B, L, H * D}));
+    const double flops = 4.0 * static_cast<double>(B * H * L * L * D);
+    for (const bool tc : {true, false}) {
+      cuda::set_tensor_core_attention(tc);
+      const std::string l = std::to_string(L), path = tc ? "tensor cores" : "CUDA cores";
+      const double s = row(std::string("attention_") + (tc ? "tc" : "cc") + "_f16_L" + l,
+                           "attention B2 H8 D40 L" + l + ", f16, " + path, [&] { (void)ops::attention(q, k, v, p); });
+      if (s > 0) {
+        char rate[64];
+        std::snprintf(rate, sizeof rate, "%.1f TFLOP/s", flops / s * 1e-12);
+        std::printf("|   %-60s |           |          |\n", rate);
+      }
+    }
+  }
+  cuda::set_tensor_core_attention(true);
 }
 
 /// Inference stages in storage type T at S x S.
@@ -211,6 +241,7 @@ int main(int argc, char** argv) {
   std::printf("SD1.5-sized random models on %s (sm_%d%d), TF32 %s\n\n", p.name, p.major, p.minor,
               cuda::allow_tf32() ? "on" : "off");
   std::printf("| stage | seconds | peak GiB |\n|---|---:|---:|\n");
+  attention_alone();
   for (int64_t S : quick ? std::vector<int64_t>{256} : std::vector<int64_t>{256, 512}) {
     inference<adabldm::half>(S);
     inference<float>(S);

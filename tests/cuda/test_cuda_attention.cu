@@ -2,6 +2,8 @@
 // (dQ, dK, dV) for head widths 8..512, self- and cross-attention, causal masks, lengths that are not multiples of
 // the tiles, L = 4096; float32, half and bfloat16. Tolerance: cuda_test_util.cuh with K = the key length (the
 // softmax sums) times the head width (each score's dot product), i.e. 1e-5 * sqrt(Lk * D) for float32.
+// half / bfloat16 forwards run on tensor cores by default (ops/cuda/attention_tc.cuh) wherever the head widths
+// allow it; the last case checks that path explicitly against the CPU twin and against the CUDA-core kernel.
 #include "cuda_test_util.cuh"
 
 using namespace cuda_test;
@@ -77,4 +79,100 @@ CUDA_TEST_CASE("attention: the saved log-sum-exp and the named backward function
   CHECK_THROWS_AS(ops::attention(cuda::zeros<float>({1, 4, 1030}), cuda::zeros<float>({1, 4, 1030}),
                                  cuda::zeros<float>({1, 4, 1030}), ops::AttentionParams{1, 0.0, false}),
                   ShapeError);
+}
+
+namespace {
+/// Sets cuda::set_tensor_core_attention for a scope and restores the previous value (also when a check throws).
+struct TensorCoreSwitch {
+  bool previous;
+  explicit TensorCoreSwitch(bool on) : previous(cuda::tensor_core_attention()) { cuda::set_tensor_core_attention(on); }
+  ~TensorCoreSwitch() { cuda::set_tensor_core_attention(previous); }
+  TensorCoreSwitch(const TensorCoreSwitch&) = delete;
+  TensorCoreSwitch& operator=(const TensorCoreSwitch&) = delete;
+};
+
+/// The tensor-core forward (output and saved log-sum-exp) against the CPU twin in float32 on the same 16-bit
+/// values, and against the CUDA-core forward on the device.
+/// Tolerances (cuda_test_util.cuh's conventions, K = Lk * max(D, Dv)):
+/// - output: tolerance<T>(K) covers the output's one rounding to T; the tensor-core kernel also rounds the
+///   probabilities P to T before P V (tensor-core inputs), which adds about one more storage rounding (relative to
+///   the probabilities, averaged over the keys in practice): tolerance<T>(K) + storage_tolerance<T>(). The same
+///   bound holds against the CUDA-core kernel (one output rounding each, plus P's).
+/// - log-sum-exp: float32 on both sides (16-bit products are exact in float, the sums of scores and of the
+///   unrounded probabilities are float): tolerance<float>(K).
+template <class T>
+void tensor_core_case(const AttnCase& c) {
+  const F32 q = round_to<T>(randn({c.B, c.Lq, c.heads * c.D})), k = round_to<T>(randn({c.B, c.Lk, c.heads * c.D})),
+            v = round_to<T>(randn({c.B, c.Lk, c.heads * c.Dv}));
+  const ops::AttentionParams p{c.heads, 0.0, c.causal};
+  const std::string name = "tensor cores B" + std::to_string(c.B) + " Lq" + std::to_string(c.Lq) + " Lk" +
+                           std::to_string(c.Lk) + " H" + std::to_string(c.heads) + " D" + std::to_string(c.D) +
+                           " Dv" + std::to_string(c.Dv) + (c.causal ? " causal" : "") + " [" + type_name<T>() + "]";
+  const bool applicable = ops::cuda_detail::attention_tc_applicable<T>(c.D, c.Dv);
+  if (c.D <= 160 && c.Dv <= 160 && cuda::device_properties().major >= 8) {
+    CAPTURE(name);
+    CHECK(applicable);  // sm_80+ and every SD head width: the tensor-core path must be taken
+  }
+  if (!applicable) {
+    std::printf("  %s: not applicable on this device (shared memory or compute capability), skipped\n", name.c_str());
+    return;
+  }
+  const double K = static_cast<double>(c.Lk * std::max(c.D, c.Dv));
+  const double tol_out = tolerance<T>(K) + storage_tolerance<T>(), tol_lse = tolerance<float>(K);
+
+  auto lse_cpu = F32::empty({c.B, c.heads, c.Lq});
+  const auto out_cpu = ops::detail::attention_forward<float>(q, k, v, p, lse_cpu.data());
+  const auto dq = up<T>(q), dk = up<T>(k), dv = up<T>(v);
+  auto lse_tc = Tensor<float, Cuda>::empty({c.B, c.heads, c.Lq}), lse_cc = Tensor<float, Cuda>::empty({c.B, c.heads, c.Lq});
+  Tensor<T, Cuda> out_tc, out_cc;
+  {
+    TensorCoreSwitch on(true);
+    out_tc = ops::attention_forward<T>(dq, dk, dv, p, lse_tc.data());
+  }
+  {
+    TensorCoreSwitch off(false);
+    out_cc = ops::attention_forward<T>(dq, dk, dv, p, lse_cc.data());
+  }
+  const F32 o_tc = down(out_tc), o_cc = down(out_cc), l_tc = cuda::to_host(lse_tc);
+  expect_close(name + " vs CPU", o_tc, out_cpu, tol_out);
+  expect_close(name + " log-sum-exp vs CPU", l_tc, lse_cpu, tol_lse);
+  expect_close(name + " vs CUDA cores", o_tc, o_cc, tol_out);
+  expect_close(name + " log-sum-exp vs CUDA cores", l_tc, cuda::to_host(lse_cc), tol_lse);
+}
+}  // namespace
+
+CUDA_TEST_CASE("attention forward on tensor cores (half, bfloat16) against the CPU twin and the CUDA-core kernel") {
+  ADABLDM_REQUIRE_CUDA();
+  // {shape, also the backward through the tape with the tensor-core forward (check_op: its lse feeds the backward)}
+  const std::vector<std::pair<AttnCase, bool>> cases = {
+      // the shapes of the first case that the tensor-core kernel supports
+      {{2, 37, 37, 2, 8, 8, false}, false},
+      {{1, 65, 130, 3, 16, 24, false}, false},  // odd lengths, D != Dv
+      {{2, 77, 77, 4, 64, 64, true}, false},    // causal, odd length (CLIP)
+      {{2, 100, 77, 8, 40, 40, false}, false},
+      {{2, 256, 256, 8, 40, 40, false}, false},
+      {{1, 64, 64, 8, 80, 80, false}, false},
+      {{1, 96, 77, 8, 160, 160, false}, false},
+      // SD1.5 at 256 x 256, first level: self- and cross-attention
+      {{2, 1024, 1024, 8, 40, 40, false}, true},
+      {{2, 1024, 77, 8, 40, 40, false}, true},
+      {{1, 4096, 4096, 2, 64, 64, false}, true},
+      {{2, 4096, 4096, 8, 40, 40, false}, false},  // SD1.5 at 512 x 512, first level: forward only
+      // partial tiles on both sides with causal masks (Lq > Lk and Lq < Lk), widths that are not multiples of 8
+      // (the element-wise staging path) or of 16 (zero padding), a single row, the widest head (opt-in memory)
+      {{1, 130, 70, 2, 40, 40, true}, true},
+      {{1, 70, 130, 2, 24, 24, true}, true},
+      {{2, 50, 70, 3, 20, 12, false}, true},
+      {{1, 1, 3, 1, 8, 8, false}, false},
+      {{1, 80, 100, 2, 256, 256, true}, false},
+  };
+  for (const auto& [c, backward] : cases) {
+    tensor_core_case<H>(c);
+    tensor_core_case<BF>(c);
+    if (backward) {
+      run_case<H>(c, true);
+      run_case<BF>(c, true);
+    }
+  }
+  CHECK(cuda::tensor_core_attention());  // the switch was restored (default on)
 }

@@ -10,10 +10,13 @@
 // query tiles for a block of key rows; probabilities are recomputed as exp(s - lse). Every gradient element is
 // written by one thread: deterministic, no atomics.
 //
-// All arithmetic is float32 (half / bfloat16 are converted when staged). These kernels use CUDA cores, not tensor
-// cores: correct first; a tensor-core (mma) version is the next step for speed (docs/cuda.md).
+// All arithmetic is float32 (half / bfloat16 are converted when staged). These kernels use CUDA cores. For half
+// and bfloat16 the forward runs on tensor cores instead (ops/cuda/attention_tc.cuh, WMMA) when the head widths
+// allow it (<= 256 and the shared memory fits) and cuda::tensor_core_attention() is on (the default); it saves the
+// same log-sum-exp, so the backward below serves both forwards.
 #include "adabldm/core/cuda/tensor.cuh"
 #include "adabldm/ops/attention.hpp"
+#include "adabldm/ops/cuda/attention_tc.cuh"
 
 namespace adabldm::ops {
 
@@ -487,13 +490,20 @@ void attention_backward(const Tensor<T, Cuda>& dout_in, const Tensor<T, Cuda>& q
 }
 
 /// The forward on contiguous q, k, v; writes each query row's log-sum-exp to lse ([B, H, Lq] float) when lse is
-/// not null.
+/// not null. half / bfloat16 take the tensor-core kernel when cuda_detail::attention_tc_applicable says so.
 template <class T>
 Tensor<T, Cuda> attention_forward(const Tensor<T, Cuda>& q, const Tensor<T, Cuda>& k, const Tensor<T, Cuda>& v,
                                   const AttentionParams& p, float* lse) {
   const auto a = cuda_detail::attention_dims(q.shape(), k.shape(), v.shape(), p);
   auto out = Tensor<T, Cuda>::empty({a.B, a.Lq, v.dim(2)});
   if (out.numel() == 0) return out;
+  if constexpr (std::is_same_v<T, half> || std::is_same_v<T, bfloat16>) {
+    if (cuda_detail::attention_tc_applicable<T>(a.D, a.Dv)) {
+      cuda_detail::attention_tc_forward_launch<T>(q.data(), k.data(), v.data(), out.data(), lse, a.B, a.Lq, a.Lk, a.H,
+                                                  a.D, a.Dv, a.scale, a.causal != 0);
+      return out;
+    }
+  }
   switch (cuda_detail::attention_chunks(a.D, a.Dv)) {
     case 2: cuda_detail::attention_forward_launch<T, 2>(q.data(), k.data(), v.data(), out.data(), lse, a); break;
     case 4: cuda_detail::attention_forward_launch<T, 4>(q.data(), k.data(), v.data(), out.data(), lse, a); break;
