@@ -73,6 +73,16 @@ CUDA_TEST_CASE("linear: cuBLASLt bias epilogue and the cuBLAS path, with and wit
     }
   }
   cuda::set_use_cublaslt(true);
+  // A repeated problem reuses its cuBLASLt plan (no heuristic query per call) and gives the same bytes.
+  {
+    const auto xd = cuda::to_device(randn({3, 40, 64})), wd = cuda::to_device(randn({96, 64})),
+               bd = cuda::to_device(randn({96}));
+    const auto first = cuda::to_host(ops::linear(xd, wd, bd));
+    const int64_t built = ops::cuda_detail::lt_plans_built();
+    const auto second = cuda::to_host(ops::linear(xd, wd, bd));
+    CHECK(ops::cuda_detail::lt_plans_built() == built);
+    CHECK(first.to_vector() == second.to_vector());
+  }
   // Only the weight trains (the UNet's frozen input): no dX is computed, dW and db are.
   const auto x = randn({4, 9, 16}), w = randn({8, 16}), b = randn({8});
   check_op<float>("linear, frozen input", [](const auto& in) { return ops::linear(in[0], in[1], in[2]); }, {x, w, b},

@@ -7,6 +7,9 @@
 // Precision: float32 GEMMs use CUBLAS_COMPUTE_32F (true float32 products and sums) unless cuda::set_allow_tf32
 // (true); half / bfloat16 GEMMs run on tensor cores with float32 accumulation (CUBLAS_COMPUTE_32F) and round the
 // result once to the storage type.
+#include <map>
+#include <memory>
+#include <tuple>
 #include <type_traits>
 
 #include "adabldm/ops/cuda/elementwise.cuh"
@@ -199,19 +202,35 @@ struct LtDescriptors {
   }
 };
 
-/// y[rows, out] = x[rows, in] w[out, in]^T + bias[out] with cuBLASLt's bias epilogue. Returns false (nothing
-/// enqueued) when cuBLASLt has no algorithm for the problem; the caller then falls back to cuBLAS.
+/// A cuBLASLt plan for one linear problem: the descriptors and the algorithm the heuristic chose. Building one costs
+/// tens of microseconds (the heuristic query), so plans are kept per thread (the descriptors are not shared) and
+/// per problem; only the bias pointer changes between calls.
+struct LtPlan {
+  LtDescriptors dsc;
+  cublasLtMatmulHeuristicResult_t heuristic{};
+  bool usable = false;  // false: cuBLASLt has no algorithm; the cuBLAS path is used
+};
+/// (device, element type, compute type, rows, in, out, alignments of w, x, y).
+using LtKey = std::tuple<int, int, int, int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t>;
+
+/// Plans built by this thread so far (tests check that a repeated problem reuses its plan).
+inline int64_t& lt_plans_built() {
+  thread_local int64_t n = 0;
+  return n;
+}
+
 template <class T>
-bool linear_cublaslt(const T* x, const T* w, const T* bias, T* y, int64_t rows, int64_t in, int64_t outf) {
-  if (rows > INT32_MAX || in > INT32_MAX || outf > INT32_MAX) return false;
-  // The bias epilogue is not covered by the alignment preferences below and fails on misaligned vectors (a bias
-  // that is a view into a larger tensor): leave those to the cuBLAS path.
-  if (pointer_alignment(bias) < 16) return false;
+const LtPlan& linear_cublaslt_plan(const LtKey& key, int64_t rows, int64_t in, int64_t outf, uint32_t align_a,
+                                   uint32_t align_b, uint32_t align_d) {
+  thread_local std::map<LtKey, std::unique_ptr<LtPlan>> plans;
+  if (auto it = plans.find(key); it != plans.end()) return *it->second;
+  ++lt_plans_built();
+  if (plans.size() >= 4096) plans.clear();  // (a run has a few dozen problems; this bounds pathological ones)
+  auto plan = std::make_unique<LtPlan>();
+  LtDescriptors& dsc = plan->dsc;
   constexpr std::size_t kWorkspace = std::size_t{32} << 20;
   const cudaDataType_t type = cuda_data_type<T>();
-  const cublasComputeType_t compute = gemm_compute_type<T>();
-  LtDescriptors dsc;
-  ADABLDM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&dsc.op, compute, CUDA_R_32F));
+  ADABLDM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&dsc.op, gemm_compute_type<T>(), CUDA_R_32F));
   // Column-major view: D^T[out, rows] = W^T (w stored [out, in] row-major = [in, out] column-major, transposed)
   // times X^T ([in, rows] column-major, not transposed), plus bias along D^T's rows.
   const cublasOperation_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
@@ -219,7 +238,6 @@ bool linear_cublaslt(const T* x, const T* w, const T* bias, T* y, int64_t rows, 
   ADABLDM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(dsc.op, CUBLASLT_MATMUL_DESC_TRANSB, &op_n, sizeof(op_n)));
   const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
   ADABLDM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(dsc.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
-  ADABLDM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(dsc.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
   const cudaDataType_t bias_type = type;
   ADABLDM_CUBLAS_CHECK(
       cublasLtMatmulDescSetAttribute(dsc.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
@@ -230,7 +248,6 @@ bool linear_cublaslt(const T* x, const T* w, const T* bias, T* y, int64_t rows, 
   const std::size_t workspace_bytes = kWorkspace;
   ADABLDM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(dsc.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                             &workspace_bytes, sizeof(workspace_bytes)));
-  const uint32_t align_a = pointer_alignment(w), align_b = pointer_alignment(x), align_d = pointer_alignment(y);
   ADABLDM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(dsc.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
                                                             &align_a, sizeof(align_a)));
   ADABLDM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(dsc.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
@@ -239,17 +256,34 @@ bool linear_cublaslt(const T* x, const T* w, const T* bias, T* y, int64_t rows, 
                                                             &align_d, sizeof(align_d)));
   ADABLDM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(dsc.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                                                             &align_d, sizeof(align_d)));
-  cublasLtHandle_t handle = cuda::cublaslt_handle();
-  cublasLtMatmulHeuristicResult_t heuristic{};
   int found = 0;
-  const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(handle, dsc.op, dsc.a, dsc.b, dsc.d, dsc.d, dsc.pref, 1,
-                                                          &heuristic, &found);
-  if (s != CUBLAS_STATUS_SUCCESS || found == 0) return false;
-  auto workspace = Tensor<uint8_t, Cuda>::empty({static_cast<int64_t>(std::max<std::size_t>(1, heuristic.workspaceSize))});
+  const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(cuda::cublaslt_handle(), dsc.op, dsc.a, dsc.b, dsc.d,
+                                                          dsc.d, dsc.pref, 1, &plan->heuristic, &found);
+  plan->usable = s == CUBLAS_STATUS_SUCCESS && found > 0;
+  return *plans.emplace(key, std::move(plan)).first->second;
+}
+
+/// y[rows, out] = x[rows, in] w[out, in]^T + bias[out] with cuBLASLt's bias epilogue. Returns false (nothing
+/// enqueued) when cuBLASLt has no algorithm for the problem; the caller then falls back to cuBLAS.
+template <class T>
+bool linear_cublaslt(const T* x, const T* w, const T* bias, T* y, int64_t rows, int64_t in, int64_t outf) {
+  if (rows > INT32_MAX || in > INT32_MAX || outf > INT32_MAX) return false;
+  // The bias epilogue is not covered by the alignment preferences below and fails on misaligned vectors (a bias
+  // that is a view into a larger tensor): leave those to the cuBLAS path.
+  if (pointer_alignment(bias) < 16) return false;
+  const uint32_t align_a = pointer_alignment(w), align_b = pointer_alignment(x), align_d = pointer_alignment(y);
+  const LtKey key{cuda::current_device(), static_cast<int>(cuda_data_type<T>()), static_cast<int>(gemm_compute_type<T>()),
+                  rows, in, outf, align_a, align_b, align_d};
+  const LtPlan& plan = linear_cublaslt_plan<T>(key, rows, in, outf, align_a, align_b, align_d);
+  if (!plan.usable) return false;
+  ADABLDM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.dsc.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  auto workspace =
+      Tensor<uint8_t, Cuda>::empty({static_cast<int64_t>(std::max<std::size_t>(1, plan.heuristic.workspaceSize))});
   const float alpha = 1.0f, beta = 0.0f;
-  const cublasStatus_t run = cublasLtMatmul(handle, dsc.op, &alpha, w, dsc.a, x, dsc.b, &beta, y, dsc.d, y, dsc.d,
-                                            &heuristic.algo, workspace.data(), heuristic.workspaceSize,
-                                            cuda::current_stream());
+  const cublasStatus_t run =
+      cublasLtMatmul(cuda::cublaslt_handle(), plan.dsc.op, &alpha, w, plan.dsc.a, x, plan.dsc.b, &beta, y, plan.dsc.d, y,
+                     plan.dsc.d, &plan.heuristic.algo, workspace.data(), plan.heuristic.workspaceSize,
+                     cuda::current_stream());
   if (run == CUBLAS_STATUS_NOT_SUPPORTED) return false;  // nothing enqueued: the caller falls back to cuBLAS
   ADABLDM_CUBLAS_CHECK(run);
   return true;
