@@ -68,6 +68,16 @@ TEST_CASE("sample equals diffusers' ControlNet pipeline (folder, prompt context;
   GOLDEN_CHECK("cli sample latents_final", got.get<float>("latents_final"), ref.get<float>("latents_final"));
   GOLDEN_CHECK("cli sample image_decoded", got.get<float>("image_decoded"), ref.get<float>("image_decoded"));
   CHECK(read_image_u8((dir / "a.png").string()).width == 256);
+  // The same on the GPU in f32 when there is one (the golden bound); otherwise one line saying why not.
+  r = cli("sample --model " + kTiny + common + " --out " + (dir / "c.png").string() + " --out-tensors " +
+          (dir / "c.safetensors").string() + " --device cuda --dtype f32");
+  if (r.code == 0) {
+    auto dev = io::SafeTensors::open((dir / "c.safetensors").string());
+    GOLDEN_CHECK("cli sample --device cuda latents_final", dev.get<float>("latents_final"), ref.get<float>("latents_final"));
+    GOLDEN_CHECK("cli sample --device cuda image_decoded", dev.get<float>("image_decoded"), ref.get<float>("image_decoded"));
+  } else {
+    CHECK(r.err.find("--device cuda: ") != std::string::npos);
+  }
 
   const auto ref_e = io::SafeTensors::open(golden::path("tiny_pipeline/reference/io_empty_ctx.safetensors"));
   r = cli("sample --model " + golden::path("tiny_pipeline/single_file.safetensors") + " --config " +

@@ -1,10 +1,11 @@
-// adabldm generate / train with --device cuda: the same commands (generate_run.hpp, train_run.hpp) with the
-// networks on the GPU. Compiled by nvcc and linked only when the CUDA backend is built.
+// adabldm generate / sample / train with --device cuda: the same commands (generate_run.hpp, sample_run.hpp,
+// train_run.hpp) with the networks on the GPU. Compiled by nvcc and linked only when the CUDA backend is built.
 #include <adabldm/cuda.cuh>  // first: the CUDA ops must be declared before the model headers
 
 #include <cstdio>
 
 #include "generate_run.hpp"
+#include "sample_run.hpp"
 #include "train_run.hpp"
 
 namespace cli {
@@ -26,6 +27,12 @@ int generate_cuda(const Args& args, const DeviceChoice& d) {
   start_cuda(d, args.flag("quiet"));
   if (d.dtype == "f16") return generate_on<adabldm::half, adabldm::Cuda>(args);
   return generate_on<float, adabldm::Cuda>(args);
+}
+
+int sample_cuda(const Args& args, const DeviceChoice& d) {
+  start_cuda(d, args.flag("quiet"));
+  if (d.dtype == "f16") return sample_on<adabldm::half, adabldm::Cuda>(args);
+  return sample_on<float, adabldm::Cuda>(args);
 }
 
 int train_cuda(const Args& args, const DeviceChoice& d) {

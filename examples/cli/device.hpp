@@ -1,5 +1,5 @@
 #pragma once
-// --device cpu|cuda, --dtype and --tf32 for the commands that run networks (generate, train). The CUDA variants
+// --device cpu|cuda, --dtype and --tf32 for the commands that run networks (generate, train, sample). The CUDA variants
 // live in cuda_commands.cu, compiled by nvcc and linked only when the CUDA backend is built (ADABLDM_CLI_CUDA).
 #include <algorithm>
 #include <string>
@@ -42,6 +42,7 @@ inline DeviceChoice parse_device(const Args& args, const std::vector<std::string
 #if defined(ADABLDM_CLI_CUDA)
 int generate_cuda(const Args& args, const DeviceChoice& device);  // cuda_commands.cu
 int train_cuda(const Args& args, const DeviceChoice& device);     // cuda_commands.cu
+int sample_cuda(const Args& args, const DeviceChoice& device);    // cuda_commands.cu
 #else
 [[noreturn]] inline void no_cuda_backend() {
   throw adabldm::Error(
@@ -50,6 +51,7 @@ int train_cuda(const Args& args, const DeviceChoice& device);     // cuda_comman
 }
 inline int generate_cuda(const Args&, const DeviceChoice&) { no_cuda_backend(); }
 inline int train_cuda(const Args&, const DeviceChoice&) { no_cuda_backend(); }
+inline int sample_cuda(const Args&, const DeviceChoice&) { no_cuda_backend(); }
 #endif
 
 }  // namespace cli

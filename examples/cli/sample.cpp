@@ -1,114 +1,19 @@
-// adabldm sample: plain text(+control)-to-image with DDIM and CFG, exactly as diffusers'
-// StableDiffusion(ControlNet)Pipeline does it.
-#include <cstdio>
-#include <filesystem>
-#include <string>
-
-#include <adabldm/io/image.hpp>
-#include <adabldm/sampling/text_to_image.hpp>
-
-#include "args.hpp"
-#include "commands.hpp"
-#include "progress.hpp"
+// adabldm sample on the CPU, or handed to the CUDA build (cuda_commands.cu). See sample_run.hpp.
+#include "sample_run.hpp"
 
 namespace cli {
 
-namespace {
-const char* kUsage =
-    "usage: adabldm sample --model PATH --prompt TEXT --steps N --out IMAGE.png [options]\n"
-    "  --model PATH            a diffusers pipeline folder or a single-file checkpoint\n"
-    "  --config JSON           configs for what tensor shapes cannot tell (see docs/cli.md)\n"
-    "  --trimap-encoder PATH   a ControlNet / trimap encoder (default: the model's own controlnet/, if any)\n"
-    "  --prompt TEXT           the prompt\n"
-    "  --negative TEXT         the negative prompt (default \"\")\n"
-    "  --control FILE          control image: a PNG/JPEG (scaled to [0, 1]) or a .safetensors with `control_image`\n"
-    "                          [1, C, H, W] in [0, 1]\n"
-    "  --control-context C     prompt (diffusers, default) | empty (official AdaBLDM: the ControlNet reads \"\")\n"
-    "  --control-scale S       ControlNet residual scale (default 1)\n"
-    "  --steps N               DDIM steps\n"
-    "  --guidance G            classifier-free guidance scale (default 7.5; <= 1 disables it)\n"
-    "  --eta E                 DDIM eta (default 0)\n"
-    "  --seed S                seed of the initial latent (default 0), or\n"
-    "  --latents-in FILE       a .safetensors with `latents` [1, 4, h, w]\n"
-    "  --size PX               image size when neither --latents-in nor --control tells it\n"
-    "  --out IMAGE.png         the decoded image\n"
-    "  --out-tensors FILE      also write `latents_final` and `image_decoded` (VAE output in [-1, 1], unclamped)\n"
-    "  --device cpu|cuda       (cpu; the CUDA backend is not built into this tool yet)\n"
-    "  --quiet                 no progress output\n";
-
-adabldm::Tensor<float> read_control(const std::string& path, int64_t channels) {
-  using namespace adabldm;
-  if (io::detect_checkpoint_format(path) == io::CheckpointFormat::Safetensors) {
-    auto t = io::SafeTensors::open(path).get<float>("control_image");
-    check<ShapeError>(t.rank() == 4 && t.dim(0) == 1 && t.dim(1) == channels, path, ": control_image must be [1, ",
-                      channels, ", H, W], got ", t.shape().str());
-    return t;
-  }
-  check(channels == 1 || channels == 3, "the trimap encoder takes ", channels, " channels; give a .safetensors");
-  return ops::affine(read_image(path, static_cast<int>(channels)), 0.5f, 0.5f);  // [-1, 1] -> [0, 1]
-}
-}  // namespace
-
 int cmd_sample(int argc, char** argv) {
-  using namespace adabldm;
-  Args args(argc, argv, 2,
-            {"model", "config", "trimap-encoder", "prompt", "negative", "control", "control-context", "control-scale",
-             "steps", "guidance", "eta", "seed", "latents-in", "size", "out", "out-tensors", "device"},
-            {"help", "quiet"});
+  const Args args = sample_args(argc, argv);
   if (args.flag("help")) {
-    std::fputs(kUsage, stdout);
+    std::fputs(sample_detail::kUsage, stdout);
     return 0;
   }
-  check(args.positional().empty(), "unexpected argument \"", args.positional().empty() ? "" : args.positional()[0],
-        "\"\n", kUsage);
-  check(args.get("device", "cpu") == "cpu", "--device ", args.get("device"), ": this build runs on the CPU only");
-  const std::string out = args.require("out");
-  const models::LoadOptions opt{models::ConfigOverrides::from_file(args.get("config")), ""};
-  auto sd = models::StableDiffusion::load(args.require("model"), opt);
-  std::optional<models::ControlNetModel<float>> own;
-  if (args.has("trimap-encoder")) own = models::load_controlnet(models::ModelSource(args.get("trimap-encoder"), opt));
-  const models::ControlNetModel<float>* cn = own ? &*own : (sd.controlnet ? &*sd.controlnet : nullptr);
-
-  sampling::TextToImageRequest req;
-  req.prompt = args.require("prompt");
-  req.negative_prompt = args.get("negative", "");
-  req.steps = static_cast<int>(args.integer("steps", 0));
-  check(req.steps >= 1, "--steps must be given and >= 1");
-  req.guidance = args.number("guidance", 7.5);
-  req.eta = args.number("eta", 0.0);
-  req.control_scale = static_cast<float>(args.number("control-scale", 1.0));
-  const std::string ctx = args.get("control-context", "prompt");
-  check(ctx == "prompt" || ctx == "empty", "--control-context must be prompt or empty, got \"", ctx, "\"");
-  req.control_context = ctx == "prompt" ? sampling::ControlContext::Prompt : sampling::ControlContext::Empty;
-  if (args.has("control")) {
-    check(cn != nullptr, "--control given but there is no ControlNet: pass --trimap-encoder or a pipeline with controlnet/");
-    req.control = read_control(args.get("control"), cn->config.conditioning_channels);
-  }
-  if (args.has("latents-in")) {
-    req.latents = io::SafeTensors::open(args.get("latents-in")).get<float>("latents");
-    check<ShapeError>(req.latents.rank() == 4 && req.latents.dim(0) == 1 && req.latents.dim(1) == sd.unet.config.in_channels,
-                      args.get("latents-in"), ": latents must be [1, ", sd.unet.config.in_channels, ", h, w], got ",
-                      req.latents.shape().str());
-  }
-  const int64_t f = sd.vae_scale();
-  const int64_t size = args.has("size") ? args.integer("size", 0) : sd.unet.config.sample_size * f;
-  req.height = req.width = size;
-  if (req.control.defined() && req.latents.defined())
-    check<ShapeError>(req.control.dim(2) == req.latents.dim(2) * f && req.control.dim(3) == req.latents.dim(3) * f,
-                      "the control image ", req.control.shape().str(), " does not match the latents ",
-                      req.latents.shape().str(), " (x", f, ")");
-  Rng rng(static_cast<uint64_t>(args.integer("seed", 0)));
-  Progress progress(req.steps, args.flag("quiet"));
-  const auto r = sampling::text_to_image(sd, cn, req, rng, {}, [&](const sampling::StepInfo& s, const auto&, const auto&) {
-    progress.update(s.index + 1, "step " + std::to_string(s.index + 1) + "/" + std::to_string(s.num_steps) +
-                                     " (t=" + std::to_string(s.t) + ")");
-  });
-  progress.finish("sampled " + std::to_string(req.steps) + " steps");
-  write_image(out, r.image_decoded);
-  if (args.has("out-tensors"))
-    io::SafeTensorsWriter().add("latents_final", r.latents_final).add("image_decoded", r.image_decoded).write(args.get("out-tensors"));
-  if (!args.flag("quiet")) std::fprintf(stderr, "wrote %s\n", out.c_str());
-  return 0;
+  adabldm::check(args.positional().empty(), "unexpected argument \"", args.positional().empty() ? "" : args.positional()[0],
+                 "\"\n", sample_detail::kUsage);
+  const auto where = parse_device(args, {"f16", "f32"});
+  if (where.cuda) return sample_cuda(args, where);
+  return sample_on<float, adabldm::Cpu>(args);
 }
 
 }  // namespace cli

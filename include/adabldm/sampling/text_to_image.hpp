@@ -27,14 +27,17 @@ struct TextToImageResult {
   Tensor<float> image_decoded;  ///< VAE output in ~[-1, 1], before clamping
 };
 
-/// Runs the sampler with `stages` (none: plain sampling). `controlnet` may be null.
-inline TextToImageResult text_to_image(const models::StableDiffusion& sd, const models::ControlNetModel<float>* controlnet,
-                                       const TextToImageRequest& req, Rng& rng, const StageList& stages = {},
-                                       const StepCallback& on_step = {}) {
+/// Runs the sampler with `stages` (none: plain sampling) with the networks in storage type T on device Dev (the
+/// text encoder and the sampler's arithmetic stay on the host, see ConditionedUNet). `controlnet` may be null.
+template <class T, class Dev>
+TextToImageResult text_to_image(const models::StableDiffusion& sd, const models::UNet2DConditionModel<T, Dev>& unet,
+                                const models::ControlNetModel<T, Dev>* controlnet,
+                                const models::AutoencoderKL<float, Dev>& vae, const TextToImageRequest& req, Rng& rng,
+                                const StageList& stages = {}, const StepCallback& on_step = {}) {
   const bool use_control = controlnet && req.control.defined();
   check(!req.control.defined() || controlnet, "a control image was given but the model has no ControlNet");
-  ConditionedUNet<> model;
-  model.unet = &sd.unet;
+  ConditionedUNet<T, Dev> model;
+  model.unet = &unet;
   model.guidance = Guidance{req.guidance};
   model.cond = encode_prompt(sd.tokenizer, sd.text_encoder, req.prompt, sd.pad);
   if (model.guidance.enabled()) model.uncond = encode_prompt(sd.tokenizer, sd.text_encoder, req.negative_prompt, sd.pad);
@@ -52,18 +55,25 @@ inline TextToImageResult text_to_image(const models::StableDiffusion& sd, const 
   }
   Tensor<float> z = req.latents;
   if (!z.defined()) {
-    const int64_t f = sd.vae_scale();
+    const int64_t f = vae.downscale();
     const int64_t H = use_control ? req.control.dim(2) : req.height, W = use_control ? req.control.dim(3) : req.width;
     check(H > 0 && W > 0 && H % f == 0 && W % f == 0, "text_to_image: image size ", H, "x", W,
           " must be positive multiples of ", f);
-    z = rng.normal<float>({1, sd.unet.config.in_channels, H / f, W / f});  // x init_noise_sigma (1 for DDIM)
+    z = rng.normal<float>({1, unet.config.in_channels, H / f, W / f});  // x init_noise_sigma (1 for DDIM)
   }
   DDIMScheduler scheduler(sd.scheduler);
   scheduler.set_timesteps(req.steps);
   TextToImageResult r;
   r.latents_final = run_sampler(scheduler, z, model, stages, rng, req.eta, on_step);
-  r.image_decoded = sd.vae.decode_scaled(r.latents_final);
+  r.image_decoded = download_as<float>(vae.decode_scaled(upload_as<float, Dev>(r.latents_final)));
   return r;
+}
+
+/// The same with the StableDiffusion's own networks (float, CPU).
+inline TextToImageResult text_to_image(const models::StableDiffusion& sd, const models::ControlNetModel<float>* controlnet,
+                                       const TextToImageRequest& req, Rng& rng, const StageList& stages = {},
+                                       const StepCallback& on_step = {}) {
+  return text_to_image(sd, sd.unet, controlnet, sd.vae, req, rng, stages, on_step);
 }
 
 }  // namespace adabldm::sampling
