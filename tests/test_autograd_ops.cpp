@@ -86,7 +86,8 @@ TEST_CASE("group_norm with every fused activation, and without affine") {
   auto x = leaf({2, 6, 3, 5}), g = autograd::leaf(ops::affine(randn({6}, 0.3), 1.0, 1.0)), b = leaf({6});
   for (auto [act, name] : {std::pair{Activation::Identity, "identity"}, {Activation::SiLU, "silu"},
                            {Activation::GeluErf, "gelu"}, {Activation::GeluTanh, "gelu_tanh"},
-                           {Activation::QuickGelu, "quick_gelu"}, {Activation::ReLU, "relu"}})
+                           {Activation::QuickGelu, "quick_gelu"}, {Activation::ReLU, "relu"},
+                           {Activation::Tanh, "tanh"}})
     check_op(std::string("group_norm + ") + name, [&] { return ops::group_norm(x, 3, g, b, 1e-5, act); },
              {{"x", x}, {"gamma", g}, {"beta", b}});
   check_op("group_norm no affine", [&] { return ops::group_norm(x, 2, D{}, D{}, 1e-6); }, {{"x", x}});
@@ -135,7 +136,8 @@ TEST_CASE("activations and GEGLU") {
   auto x = leaf({3, 7}, 2.0);
   for (auto [act, name] : {std::pair{Activation::Identity, "identity"}, {Activation::SiLU, "silu"},
                            {Activation::GeluErf, "gelu"}, {Activation::GeluTanh, "gelu_tanh"},
-                           {Activation::QuickGelu, "quick_gelu"}, {Activation::ReLU, "relu"}})
+                           {Activation::QuickGelu, "quick_gelu"}, {Activation::ReLU, "relu"},
+                           {Activation::Tanh, "tanh"}})
     check_op(std::string("activation ") + name, [&] { return ops::activate(x, act); }, {{"x", x}});
   auto h = leaf({3, 2, 10}, 1.5);
   check_op("geglu", [&] { return ops::geglu(h); }, {{"x", h}});

@@ -214,6 +214,7 @@ TEST_CASE("softmax and activations") {
         })) < 1e-6);
   CHECK(rel_err(ops::quick_gelu(a), ref_of([](double v) { return v / (1 + std::exp(-1.702 * v)); })) < 1e-6);
   CHECK(rel_err(ops::activate(a, ops::Activation::ReLU), ref_of([](double v) { return v > 0 ? v : 0.0; })) == 0);
+  CHECK(rel_err(ops::activate(a, ops::Activation::Tanh), ref_of([](double v) { return std::tanh(v); })) < 1e-6);
   CHECK(rel_err(ops::clamp(a, -1.0f, 0.5f), ref_of([](double v) { return std::min(std::max(v, -1.0), 0.5); })) == 0);
   auto sq = ops::map(a, [](float v) { return v * v; });
   CHECK(rel_err(sq, ref_of([](double v) { return double(float(v) * float(v)); })) == 0);

@@ -1,5 +1,5 @@
-// Models with Dev = Cuda: the UNet, ControlNet, AutoencoderKL and CLIP text golden cases (diffusers 0.27.2 /
-// transformers, tests/data/{unet,controlnet,vae_kl,clip_text}) run
+// Models with Dev = Cuda: the UNet, ControlNet, AutoencoderKL, CLIP text, TAESD and VQModel golden cases (diffusers
+// 0.27.2 / transformers / taesd.py, tests/data/{unet,controlnet,vae_kl,clip_text,taesd,vae_vq}) run
 // on the device and must meet the same bound as the CPU path (1e-4 x max(1, max |ref|), float32); half and bfloat16
 // UNets are reported against the same reference with their storage tolerances. Training on the device: the
 // gradients of every UNet parameter after one backward agree with the CPU's, and one AdamW step on the device
@@ -13,6 +13,8 @@
 #include "adabldm/models/autoencoder_kl.hpp"
 #include "adabldm/models/clip_text.hpp"
 #include "adabldm/models/controlnet.hpp"
+#include "adabldm/models/taesd.hpp"
+#include "adabldm/models/vq_model.hpp"
 
 using namespace cuda_test;
 using namespace adabldm::models;
@@ -160,4 +162,29 @@ CUDA_TEST_CASE("CLIP text golden on the device: every hidden state, last state, 
   }
   GOLDEN_CHECK("cuda clip last_hidden_state", cuda::to_host(out.last_hidden_state), io.get<float>("last_hidden_state"));
   GOLDEN_CHECK("cuda clip pooler_output", cuda::to_host(out.pooler_output), io.get<float>("pooler_output"));
+}
+
+CUDA_TEST_CASE("TAESD and VQModel golden on the device") {
+  ADABLDM_REQUIRE_CUDA();
+  TAESD<float, Cuda> taesd(TaesdConfig::from_json(golden::config("taesd/config.json")));
+  taesd.load(io::SafeTensors::open(golden::path("taesd/model.safetensors")).state_dict());
+  const auto tio = io::SafeTensors::open(golden::path("taesd/io.safetensors"));
+  for (const std::string which : {"synthetic", "photo"}) {
+    const auto latent = taesd.encode01(cuda::to_device(tio.get<float>("image01_" + which)));
+    GOLDEN_CHECK("cuda taesd latent_" + which, cuda::to_host(latent), tio.get<float>("latent_" + which));
+    GOLDEN_CHECK("cuda taesd latent_scaled_uint8domain_" + which, cuda::to_host(taesd.scale_latents(latent)),
+                 tio.get<float>("latent_scaled_uint8domain_" + which));
+    GOLDEN_CHECK("cuda taesd recon01_" + which, cuda::to_host(taesd.decode01(cuda::to_device(tio.get<float>("latent_" + which)))),
+                 tio.get<float>("recon01_" + which));
+  }
+  VQModel<float, Cuda> vq(VQModelConfig::from_json(golden::config("vae_vq/config.json")));
+  nn::load_state_dict(vq, io::SafeTensors::open(golden::path("vae_vq/model.safetensors")).state_dict());
+  const auto vio = io::SafeTensors::open(golden::path("vae_vq/io.safetensors"));
+  const auto latent = vq.encode(cuda::to_device(vio.get<float>("image")));
+  GOLDEN_CHECK("cuda vae_vq latent_prequant", cuda::to_host(latent), vio.get<float>("latent_prequant"));
+  const auto q = vq.quantize(cuda::to_device(vio.get<float>("latent_prequant")));
+  GOLDEN_CHECK("cuda vae_vq latent_quantized", cuda::to_host(q.quantized), vio.get<float>("latent_quantized"));
+  CHECK(q.indices.to_vector() == vio.get<int64_t>("codebook_indices").to_vector());
+  GOLDEN_CHECK("cuda vae_vq decoded", cuda::to_host(vq.decode(cuda::to_device(vio.get<float>("latent_prequant")))),
+               vio.get<float>("decoded"));
 }

@@ -86,7 +86,7 @@ CUDA_TEST_CASE("activations (all six) and GEGLU") {
   const std::vector<std::pair<const char*, ops::Activation>> acts = {
       {"identity", ops::Activation::Identity}, {"silu", ops::Activation::SiLU},
       {"gelu (erf)", ops::Activation::GeluErf}, {"gelu (tanh)", ops::Activation::GeluTanh},
-      {"quick_gelu", ops::Activation::QuickGelu}, {"relu", ops::Activation::ReLU}};
+      {"quick_gelu", ops::Activation::QuickGelu}, {"relu", ops::Activation::ReLU}, {"tanh", ops::Activation::Tanh}};
   FOR_EACH_TYPE({
     for (const auto& [name, act] : acts)
       check_op<T>(std::string("activate ") + name, [act = act](const auto& in) { return ops::activate(in[0], act); }, {x}, 1);

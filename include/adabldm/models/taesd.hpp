@@ -142,11 +142,9 @@ struct TaesdLayer {
         ops::activate_(y, ops::Activation::ReLU);
         return y;
       }
-      case Kind::Clamp: {  // tanh(x / 3) * 3: a soft clamp of the latent to (-3, 3)
-        auto y = x.clone();
-        ops::map_(y, [](T v) { return static_cast<T>(std::tanh(v / T(3)) * T(3)); });
-        return y;
-      }
+      case Kind::Clamp:  // tanh(x / 3) * 3: a soft clamp of the latent to (-3, 3)
+        return ops::scale(ops::activate(ops::scale(x, static_cast<T>(1.0f / 3.0f)), ops::Activation::Tanh),
+                          static_cast<T>(3.0f));
     }
     return x;
   }
@@ -248,23 +246,20 @@ struct TAESD {
     return decoder(latent);
   }
   /// diffusers AutoencoderTiny.encode(image).latents for an image in [-1, 1].
-  Tensor<T, Dev> encode(const Tensor<T, Dev>& image) const { return encode01(ops::affine(image, T(0.5), T(0.5))); }
+  Tensor<T, Dev> encode(const Tensor<T, Dev>& image) const { return encode01(ops::affine(image, T(0.5f), T(0.5f))); }
   /// diffusers AutoencoderTiny.decode(latent).sample: an image in ~[-1, 1].
-  Tensor<T, Dev> decode(const Tensor<T, Dev>& latent) const { return ops::affine(decode01(latent), T(2), T(-1)); }
+  Tensor<T, Dev> decode(const Tensor<T, Dev>& latent) const { return ops::affine(decode01(latent), T(2.0f), T(-1.0f)); }
 
   /// Raw latent -> [0, 1] (for storing latents as 8-bit images): clamp(x / (2 * magnitude) + shift, 0, 1).
   Tensor<T, Dev> scale_latents(const Tensor<T, Dev>& latent) const {
-    auto y = latent.clone();
-    const T range = static_cast<T>(2 * config.latent_magnitude), shift = static_cast<T>(config.latent_shift);
-    ops::map_(y, [=](T v) { return std::clamp(v / range + shift, T(0), T(1)); });
-    return y;
+    const double range = 2 * config.latent_magnitude;
+    return ops::clamp(ops::affine(latent, static_cast<T>(1.0 / range), static_cast<T>(config.latent_shift)),
+                      static_cast<T>(0.0f), static_cast<T>(1.0f));
   }
   /// [0, 1] -> raw latent: (x - shift) * 2 * magnitude.
   Tensor<T, Dev> unscale_latents(const Tensor<T, Dev>& scaled) const {
-    auto y = scaled.clone();
-    const T range = static_cast<T>(2 * config.latent_magnitude), shift = static_cast<T>(config.latent_shift);
-    ops::map_(y, [=](T v) { return (v - shift) * range; });
-    return y;
+    const double range = 2 * config.latent_magnitude;
+    return ops::affine(scaled, static_cast<T>(range), static_cast<T>(-config.latent_shift * range));
   }
 
   /// Loads a whole-model state dict under taesd.py names or diffusers AutoencoderTiny names (told apart by the

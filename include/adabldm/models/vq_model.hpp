@@ -4,7 +4,10 @@
 // nearest entry of a learned codebook before decoding.
 #include <limits>
 #include <string>
+#include <type_traits>
+#include <utility>
 
+#include "adabldm/core/transfer.hpp"
 #include "adabldm/models/autoencoder_kl.hpp"
 
 namespace adabldm::models {
@@ -50,15 +53,23 @@ struct VectorQuantizer {
   VectorQuantizer(int64_t num_embeddings, int64_t dim) : embedding(num_embeddings, dim) {}
 
   /// z [B, D, h, w] -> nearest codebook vectors and their indices (the first minimum on ties). Distances are
-  /// summed in double, so only true near-ties could order differently from torch.cdist.
+  /// summed in double, so only true near-ties could order differently from torch.cdist. On a device the search
+  /// runs on the host (a latent and a codebook are small), so every device picks the CPU's codes.
   QuantizedLatent<T, Dev> operator()(const Tensor<T, Dev>& z_in) const {
-    const auto& codebook = embedding.weight();
+    if constexpr (std::is_same_v<Dev, Cpu>) {
+      return nearest(z_in, embedding.weight());
+    } else {
+      auto q = nearest(download_as<T>(z_in), download_as<T>(embedding.weight()));
+      return {upload_as<T, Dev>(q.quantized), std::move(q.indices)};
+    }
+  }
+  static QuantizedLatent<T, Cpu> nearest(const Tensor<T, Cpu>& z_in, const Tensor<T, Cpu>& codebook) {
     const int64_t N = codebook.dim(0), D = codebook.dim(1);
     check<ShapeError>(z_in.rank() == 4 && z_in.dim(1) == D, "VectorQuantizer: latent must be [B, ", D,
                       ", h, w], got ", z_in.shape().str());
     const auto z = z_in.contiguous();
     const int64_t B = z.dim(0), HW = z.dim(2) * z.dim(3);
-    QuantizedLatent<T, Dev> q{Tensor<T, Dev>::empty(z.shape()), Tensor<int64_t, Cpu>::empty({B, z.dim(2), z.dim(3)})};
+    QuantizedLatent<T, Cpu> q{Tensor<T, Cpu>::empty(z.shape()), Tensor<int64_t, Cpu>::empty({B, z.dim(2), z.dim(3)})};
     const T* zp = z.data();
     const T* cb = codebook.data();
     T* out = q.quantized.data();

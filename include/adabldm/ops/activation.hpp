@@ -8,7 +8,7 @@
 namespace adabldm::ops {
 
 /// The activation functions the models use, by their PyTorch names.
-enum class Activation { Identity, SiLU, GeluErf, GeluTanh, QuickGelu, ReLU };
+enum class Activation { Identity, SiLU, GeluErf, GeluTanh, QuickGelu, ReLU, Tanh };
 
 template <class T>
 inline T activate(Activation a, T x) noexcept {
@@ -22,6 +22,7 @@ inline T activate(Activation a, T x) noexcept {
     }
     case Activation::QuickGelu: return x / (T(1) + std::exp(T(-1.702) * x));
     case Activation::ReLU: return x > T(0) ? x : T(0);
+    case Activation::Tanh: return std::tanh(x);
   }
   return x;
 }
@@ -48,6 +49,10 @@ inline T activation_derivative(Activation a, T x) noexcept {
       return s + T(1.702) * x * s * (T(1) - s);
     }
     case Activation::ReLU: return x > T(0) ? T(1) : T(0);
+    case Activation::Tanh: {
+      const T t = std::tanh(x);
+      return T(1) - t * t;
+    }
   }
   return T(1);
 }

@@ -20,6 +20,7 @@ __device__ __forceinline__ float activate_f(Activation a, float x) {
     }
     case Activation::QuickGelu: return x / (1.0f + expf(-1.702f * x));
     case Activation::ReLU: return x > 0.0f ? x : 0.0f;
+    case Activation::Tanh: return tanhf(x);
   }
   return x;
 }
@@ -42,6 +43,10 @@ __device__ __forceinline__ float activation_derivative_f(Activation a, float x) 
       return s + 1.702f * x * s * (1.0f - s);
     }
     case Activation::ReLU: return x > 0.0f ? 1.0f : 0.0f;
+    case Activation::Tanh: {
+      const float t = tanhf(x);
+      return 1.0f - t * t;
+    }
   }
   return 1.0f;
 }
