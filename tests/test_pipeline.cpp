@@ -65,6 +65,25 @@ TEST_CASE("same seed, same bytes; different seeds differ") {
   CHECK(plain.image.to_vector() != a.image.to_vector());
 }
 
+TEST_CASE("the device-generic path with a non-identity storage type (double) follows the float pipeline") {
+  // Pipeline<T, Dev> converts the networks (nn::convert), moves every input to the networks' type (upload_as)
+  // and their outputs back to host float (download_as), as on a GPU; on the CPU in float those are identities.
+  // In double they are real conversions, so this runs the device path's plumbing without a device.
+  auto sd = models::StableDiffusion::load(golden::path("tiny_pipeline/diffusers"));
+  auto cn = *sd.controlnet;
+  sd.controlnet.reset();
+  Pipeline<double, Cpu> p(std::move(sd), std::move(cn));
+  p.options() = tiny().options();
+  CHECK(p.unet().config.in_channels == tiny().unet().config.in_channels);
+  const auto a = tiny().generate(job(7)), b = p.generate(job(7));
+  CHECK(b.mask.to_vector() == a.mask.to_vector());
+  CHECK(b.prompt == a.prompt);
+  CHECK(b.adapted);
+  // Float against double through 10 sampler steps, image editing and 3 adaptation steps: the float rounding.
+  GOLDEN_CHECK("pipeline in double vs float: latent", b.latent, a.latent);
+  GOLDEN_CHECK("pipeline in double vs float: image", b.image, a.image);
+}
+
 TEST_CASE("masks lie inside the foreground") {
   auto& p = tiny();
   auto j = job(11);
