@@ -89,3 +89,33 @@ TEST_CASE("KL decoder adaptation: loss falls, original decoder untouched, zero s
   CHECK(defect::adapt_decoder(vae, latent, ok, mask, opt).image.to_vector() == r.unadapted.to_vector());
   CHECK_THROWS_AS(defect::adapt_decoder(vae, latent, ok, Tensor<float>::zeros({1, 1, 8, 8}), opt), ShapeError);
 }
+
+TEST_CASE("mixed-precision adaptation: compute copy in a narrower type, master weights and AdamW in the wider one") {
+  // On a GPU the compute type is bfloat16 and the master float; on the CPU the same code runs with a double
+  // master and a float compute copy, which must follow the all-double adaptation to float precision and differ
+  // from it (the copy really computes in float).
+  models::AutoencoderKL<float> vae_f(models::AutoencoderKLConfig::from_json(golden::config("vae_kl/config.json")));
+  nn::load_state_dict(vae_f, io::SafeTensors::open(golden::path("vae_kl/model.safetensors")).state_dict());
+  auto vae = nn::convert<double, Cpu>(vae_f);
+  Rng rng(2);
+  const auto ok = io::SafeTensors::open(golden::path("vae_kl/io.safetensors")).get<float>("image");
+  const auto latent = ops::add(vae_f.encode_scaled(ok), rng.normal({1, 4, 8, 8}, 0.0, 0.05));
+  auto mask = Tensor<float>::zeros({1, 1, 64, 64});
+  for (int y = 20; y < 36; ++y)
+    for (int x = 24; x < 40; ++x) mask.at({0, 0, y, x}) = 1.0f;
+  defect::AdaptationOptions opt;
+  opt.steps = 10;
+  opt.lr = 1e-3;
+  const auto wide = defect::adapt_decoder(vae, latent, ok, mask, opt);
+  const auto mixed = defect::adapt_decoder<float>(vae, latent, ok, mask, opt);
+  REQUIRE(mixed.losses.size() == 10);
+  for (std::size_t i = 0; i < wide.losses.size(); ++i)
+    CHECK(mixed.losses[i] == doctest::Approx(wide.losses[i]).epsilon(1e-4));
+  CHECK(mixed.losses != wide.losses);
+  CHECK(mixed.losses.back() < 0.8 * mixed.losses.front());
+  GOLDEN_CHECK("mixed (float compute, double master) vs double: unadapted", mixed.unadapted, wide.unadapted);
+  GOLDEN_CHECK("mixed (float compute, double master) vs double: adapted", mixed.image, wide.image);
+  CHECK(mixed.unadapted.to_vector() == wide.unadapted.to_vector());  // both decoded by the double master
+  const auto again = defect::adapt_decoder(vae, latent, ok, mask, opt);  // the original decoder is untouched
+  CHECK(again.image.to_vector() == wide.image.to_vector());
+}

@@ -179,6 +179,9 @@ TEST_CASE("generate / train: --device and --dtype are checked; --device cuda run
   r = cli(gen_args(out) + " -n 1 --device tpu");
   CHECK(r.code != 0);
   CHECK(r.err.find("--device tpu: expected cpu or cuda") != std::string::npos);
+  r = cli(gen_args(out) + " -n 1 --adapt-dtype bf16");
+  CHECK(r.code != 0);
+  CHECK(r.err.find("--adapt-dtype bf16 needs --device cuda") != std::string::npos);
   r = cli(gen_args(out) + " -n 1 --tf32");
   CHECK(r.code != 0);
   CHECK(r.err.find("--tf32 applies to --device cuda only") != std::string::npos);

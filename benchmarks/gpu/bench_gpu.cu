@@ -192,7 +192,7 @@ void training(int64_t S) {
 /// One complete AdaBLDM sample with the `official` preset (50 DDIM steps with CFG, latent and image editing, 200
 /// decoder-adaptation steps) at S x S: UNet and trimap encoder in half, the VAE and the adaptation in float
 /// (TF32 as set by the caller). Wall-clock time of Pipeline::generate, which ends with the image on the host.
-void whole_sample(int64_t S, const std::string& key, const std::string& what) {
+void whole_sample(int64_t S, const std::string& key, const std::string& what, bool adapt_in_bf16 = false) {
   try {
     Rng rng(3);
     models::UNet2DConditionModel<float> unet{models::UNetConfig{}};
@@ -207,6 +207,7 @@ void whole_sample(int64_t S, const std::string& key, const std::string& what) {
                                text::ClipTokenizer::Pad::Eos, std::nullopt};
     Pipeline<adabldm::half, Cuda> pipe(std::move(sd), std::move(cn));
     pipe.options().size = static_cast<int>(S);
+    pipe.options().adapt_in_bf16 = adapt_in_bf16;
     DefectJob job;
     job.ok = rng.uniform({1, 3, S, S}, -1.0, 1.0);
     auto mask = Tensor<float>::zeros({1, 1, S, S});
@@ -251,5 +252,6 @@ int main(int argc, char** argv) {
   cuda::set_allow_tf32(true);
   whole_sample(256, "whole_official_256_tf32", "the same with TF32 for the f32 VAE / adaptation");
   cuda::set_allow_tf32(false);
+  whole_sample(256, "whole_official_256_bf16_adapt", "the same with the adaptation in bf16 (mixed precision)", true);
   return 0;
 }

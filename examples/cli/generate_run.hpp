@@ -61,6 +61,8 @@ inline const char* kUsage =
     "  --dtype f32|f16         storage of the UNet and trimap encoder (cpu: f32; cuda: default f16); the VAE\n"
     "                          and the decoder adaptation run in f32\n"
     "  --tf32                  cuda: allow TF32 tensor cores for f32 matrix products and convolutions\n"
+    "  --adapt-dtype f32|bf16  cuda: the decoder adaptation's compute type (bf16: mixed precision with f32 master\n"
+    "                          weights and AdamW; default f32)\n"
     "  --quiet                 no progress output\n";
 
 inline std::string index_name(int64_t i) {
@@ -97,7 +99,7 @@ inline Args generate_args(int argc, char** argv) {
   return Args(argc, argv, 2,
               {"model", "trimap-encoder", "config", "ok", "ng", "masks", "object", "defect", "prompt-template", "n",
                "out", "seed", "shard", "preset", "steps", "guidance", "size", "foreground", "adapt-steps", "device",
-               "dtype"},
+               "dtype", "adapt-dtype"},
               {"help", "no-adapt", "resume", "quiet", "translate-only", "tf32"});
 }
 
@@ -105,6 +107,9 @@ template <class T, class Dev>
 int generate_on(const Args& args) {
   using namespace adabldm;
   using namespace generate_detail;
+  const std::string adapt_dtype = args.get("adapt-dtype", "f32");
+  check(adapt_dtype == "f32" || adapt_dtype == "bf16", "--adapt-dtype ", adapt_dtype, ": expected f32 or bf16");
+  check(adapt_dtype == "f32" || !std::is_same_v<Dev, Cpu>, "--adapt-dtype bf16 needs --device cuda");
   const int64_t n = args.integer("n", -1);
   check(n >= 1, "-n must be given and >= 1");
   const uint64_t seed = static_cast<uint64_t>(args.integer("seed", 0));
@@ -145,6 +150,7 @@ int generate_on(const Args& args) {
   if (args.has("prompt-template")) o.prompt_template = args.get("prompt-template");
   o.synthesis.rotate_and_scale = !args.flag("translate-only");
   o.adapt = !args.flag("no-adapt");
+  o.adapt_in_bf16 = adapt_dtype == "bf16";
   o.adaptation.steps = static_cast<int>(args.integer("adapt-steps", 200));
   check(o.adaptation.steps >= 0, "--adapt-steps must be >= 0");
 

@@ -48,6 +48,15 @@ Tensor<T, Dev> grad(const nn::Param<T, Dev>& p) {
   return grad(p.value);
 }
 
+/// Adds g to the gradient of a tracked parameter, as a backward through it would (e.g. the gradient of a
+/// lower-precision compute copy handed to the master weights).
+template <class T, class Dev>
+void add_grad(nn::Param<T, Dev>& p, const Tensor<T, Dev>& g) {
+  check(p.value.requires_grad(), "add_grad: the parameter is not tracked (autograd::track)");
+  check<ShapeError>(g.shape() == p.shape, "add_grad: gradient ", g.shape().str(), " for a parameter ", p.shape.str());
+  accumulate_grad(*p.value.autograd_meta(), g.detach().contiguous());
+}
+
 /// Drops every parameter gradient (PyTorch's zero_grad(set_to_none=True)): the next backward starts afresh.
 template <class M>
 void zero_grad(M& module) {

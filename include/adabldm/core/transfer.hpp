@@ -5,6 +5,7 @@
 // (no copy), so device-generic code costs nothing on the CPU path.
 // A device backend provides, found by argument-dependent lookup on its tag or tensor type:
 //   device_upload(const Tensor<T, Cpu>&, Dev) -> Tensor<T, Dev>     device_download(const Tensor<T, Dev>&) -> Tensor<T, Cpu>
+//   device_convert(const Tensor<T, Dev>&, U) -> Tensor<U, Dev>
 // (CUDA: adabldm/core/cuda/tensor.cuh).
 #include <type_traits>
 
@@ -36,6 +37,14 @@ Tensor<U, Cpu> download_as(const Tensor<T, Dev>& t) {
   } else {
     return device_download(t).template to<U>();
   }
+}
+
+/// The same values in storage type U on the same device (rounded to nearest even where U is narrower).
+template <class U, class T, class Dev>
+Tensor<U, Dev> convert_as(const Tensor<T, Dev>& t) {
+  if constexpr (std::is_same_v<T, U>) return t;
+  else if constexpr (std::is_same_v<Dev, Cpu>) return t.template to<U>();
+  else return device_convert(t, U{});  // the backend's, by argument-dependent lookup (the U{} picks the type)
 }
 
 /// The value of a one-element tensor as a double (a loss, for logs).

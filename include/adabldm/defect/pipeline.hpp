@@ -63,6 +63,9 @@ struct PipelineOptions {
   bool sample_posterior = true;            ///< encode with a posterior sample (official)
   bool adapt = true;                       ///< online decoder adaptation (off: the plain decoder)
   defect::AdaptationOptions adaptation;    ///< 200 AdamW steps, lr 1e-4, lambda 100
+  /// The adaptation's forward and backward in bfloat16 with float master weights and AdamW (mixed precision:
+  /// a GPU's tensor cores at twice TF32's rate). Devices only: the CPU has no bfloat16 gradients.
+  bool adapt_in_bf16 = false;
   /// Builds the stage list instead of the preset (your own composition); it gets the step count and the
   /// blend inputs (OK image and latent, masks, VAE codec).
   std::function<sampling::StageList(int steps, const sampling::BlendInputs&)> stage_builder;
@@ -223,8 +226,16 @@ class Pipeline {
     if (options_.adapt && options_.adaptation.steps > 0) {
       auto adaptation = options_.adaptation;
       if constexpr (!std::is_same_v<Dev, Cpu>) adaptation.record_losses = false;  // no wait for the GPU per step
-      const auto r = defect::adapt_decoder(vae_, out.latent, ok, out.mask, adaptation,
-                                           [&](int i, int n, double) { if (progress) progress("adaptation", i, n); });
+      const auto report = [&](int i, int n, double) { if (progress) progress("adaptation", i, n); };
+      defect::AdaptationResult r;
+      if constexpr (std::is_same_v<Dev, Cpu>) {
+        check(!options_.adapt_in_bf16, "pipeline: bfloat16 adaptation needs a GPU (the CPU computes gradients in float)");
+        r = defect::adapt_decoder(vae_, out.latent, ok, out.mask, adaptation, report);
+      } else if (options_.adapt_in_bf16) {
+        r = defect::adapt_decoder<bfloat16>(vae_, out.latent, ok, out.mask, adaptation, report);
+      } else {
+        r = defect::adapt_decoder(vae_, out.latent, ok, out.mask, adaptation, report);
+      }
       out.image = r.image;
       out.adapted = true;
     } else {

@@ -343,6 +343,12 @@ Tensor<T, Cpu> device_download(const Tensor<T, Cuda>& device) {
   return cuda::to_host(device);
 }
 
+/// Element-type conversion on the device (core/transfer.hpp's convert_as finds it by argument-dependent lookup).
+template <class T, class U>
+Tensor<U, Cuda> device_convert(const Tensor<T, Cuda>& t, U) {
+  return cuda::convert<U>(t);
+}
+
 /// Ones of t's shape (the seed of backward from a scalar loss).
 template <class T>
 Tensor<T, Cuda> autograd_ones_like(const Tensor<T, Cuda>& t) {
