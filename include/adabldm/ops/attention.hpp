@@ -189,22 +189,26 @@ void attention_backward(const Tensor<T, Cpu>& dout, const Tensor<T, Cpu>& q, con
   }
 }
 
+namespace detail {
+/// q [B, Lq, H*D], k [B, Lk, H*D], v [B, Lk, H*Dv] with Lk > 0 (shared by every device's attention).
+inline void check_attention_shapes(const Shape& q, const Shape& k, const Shape& v, int64_t heads) {
+  check<ShapeError>(q.rank() == 3 && k.rank() == 3 && v.rank() == 3, "attention: q, k, v must be [B, L, H*D], got ",
+                    q.str(), ", ", k.str(), ", ", v.str());
+  check<ShapeError>(k[0] == q[0] && v[0] == q[0] && v[1] == k[1], "attention: batch or key length mismatch: q ",
+                    q.str(), ", k ", k.str(), ", v ", v.str());
+  check<ShapeError>(heads > 0 && q[2] % heads == 0 && v[2] % heads == 0 && q[2] == k[2], "attention: widths ", q[2],
+                    "/", k[2], "/", v[2], " do not split into ", heads, " heads");
+  check<ShapeError>(k[1] > 0, "attention: empty key sequence");
+}
+}  // namespace detail
+
 /// q[B, Lq, H*D], k[B, Lk, H*D], v[B, Lk, H*Dv] -> [B, Lq, H*Dv]. Heads are interleaved along the last
 /// dimension exactly as diffusers' / transformers' head_to_batch_dim reshapes expect (head h = columns h*D..).
 template <class T>
 Tensor<T, Cpu> attention(const Tensor<T, Cpu>& q_in, const Tensor<T, Cpu>& k_in, const Tensor<T, Cpu>& v_in,
                          const AttentionParams& p) {
-  check<ShapeError>(q_in.rank() == 3 && k_in.rank() == 3 && v_in.rank() == 3,
-                    "attention: q, k, v must be [B, L, H*D], got ", q_in.shape().str(), ", ", k_in.shape().str(),
-                    ", ", v_in.shape().str());
-  const int64_t B = q_in.dim(0), Lq = q_in.dim(1), Lk = k_in.dim(1), H = p.heads;
-  check<ShapeError>(k_in.dim(0) == B && v_in.dim(0) == B && v_in.dim(1) == Lk,
-                    "attention: batch or key length mismatch: q ", q_in.shape().str(), ", k ", k_in.shape().str(),
-                    ", v ", v_in.shape().str());
-  check<ShapeError>(H > 0 && q_in.dim(2) % H == 0 && v_in.dim(2) % H == 0 && q_in.dim(2) == k_in.dim(2),
-                    "attention: widths ", q_in.dim(2), "/", k_in.dim(2), "/", v_in.dim(2), " do not split into ", H,
-                    " heads");
-  check<ShapeError>(Lk > 0, "attention: empty key sequence");
+  detail::check_attention_shapes(q_in.shape(), k_in.shape(), v_in.shape(), p.heads);
+  const int64_t B = q_in.dim(0), Lq = q_in.dim(1), H = p.heads;
   const auto q = q_in.contiguous();
   const auto k = k_in.contiguous();
   const auto v = v_in.contiguous();

@@ -246,21 +246,37 @@ Tensor<T, Cpu> affine(const Tensor<T, Cpu>& x_in, T alpha, T beta = T(0)) {
 template <class T>
 Tensor<T, Cpu> scale(const Tensor<T, Cpu>& x, T alpha) { return affine(x, alpha); }
 
+namespace detail {
+/// The result of concatenating `parts` along `dim` (checked; shared by every device's concat).
+struct ConcatShape {
+  int dim;    ///< non-negative
+  Shape out;
+};
+template <class Tensors>
+ConcatShape concat_shape(const Tensors& parts, int dim) {
+  check<ShapeError>(!parts.empty(), "concat: no tensors");
+  const Shape& first = parts[0].shape();
+  const int r = first.rank();
+  const int d = dim < 0 ? dim + r : dim;
+  check<ShapeError>(d >= 0 && d < r, "concat: dimension ", dim, " out of range for ", first.str());
+  Shape out = first;
+  out[d] = 0;
+  for (const auto& t : parts) {
+    bool ok = t.rank() == r;
+    for (int i = 0; ok && i < r; ++i) ok = i == d || t.shape()[i] == first[i];
+    check<ShapeError>(ok, "concat: ", t.shape().str(), " does not fit ", first.str(), " along dim ", d);
+    out[d] += t.shape()[d];
+  }
+  return {d, out};
+}
+}  // namespace detail
+
 /// Concatenation along dimension `dim` (negative counts from the end); all other dimensions must agree.
 template <class T>
 Tensor<T, Cpu> concat(const std::vector<Tensor<T, Cpu>>& parts, int dim) {
-  check<ShapeError>(!parts.empty(), "concat: no tensors");
-  const int r = parts[0].rank();
-  const int d = dim < 0 ? dim + r : dim;
-  check<ShapeError>(d >= 0 && d < r, "concat: dimension ", dim, " out of range for ", parts[0].shape().str());
-  Shape os = parts[0].shape();
-  os[d] = 0;
-  for (const auto& t : parts) {
-    bool ok = t.rank() == r;
-    for (int i = 0; ok && i < r; ++i) ok = i == d || t.shape()[i] == parts[0].shape()[i];
-    check<ShapeError>(ok, "concat: ", t.shape().str(), " does not fit ", parts[0].shape().str(), " along dim ", d);
-    os[d] += t.shape()[d];
-  }
+  const auto shape = detail::concat_shape(parts, dim);
+  const int r = shape.out.rank(), d = shape.dim;
+  const Shape& os = shape.out;
   auto out = Tensor<T, Cpu>::empty(os);
   int64_t outer = 1, inner = 1;
   for (int i = 0; i < d; ++i) outer *= os[i];

@@ -114,27 +114,38 @@ Tensor<T, Cpu> matmul_backward_b(const Tensor<T, Cpu>& dc, const Tensor<T, Cpu>&
   return db;
 }
 
+namespace detail {
+/// The problem matmul(a, b, trans_b) describes (checked; shared by every device's matmul).
+struct MatmulShape {
+  int64_t M, K, N, batch;
+  bool shared_b;  ///< b is 2-D: one matrix for the whole batch
+  Shape out;
+};
+inline MatmulShape matmul_shape(const Shape& a, const Shape& b, bool trans_b) {
+  check<ShapeError>(a.rank() >= 2 && b.rank() >= 2, "matmul: needs rank >= 2, got ", a.str(), " and ", b.str());
+  const int64_t M = a[a.rank() - 2], K = a[a.rank() - 1];
+  const int64_t N = trans_b ? b[b.rank() - 2] : b[b.rank() - 1], Kb = trans_b ? b[b.rank() - 1] : b[b.rank() - 2];
+  check<ShapeError>(K == Kb, "matmul: inner dimensions differ: ", a.str(), " @ ", b.str(), trans_b ? " (b transposed)" : "");
+  const bool shared_b = b.rank() == 2;
+  if (!shared_b)
+    check<ShapeError>(a.rank() == b.rank() && std::equal(a.begin(), a.end() - 2, b.begin()),
+                      "matmul: batch dimensions differ: ", a.str(), " @ ", b.str());
+  Shape out = a;
+  out[out.rank() - 1] = N;
+  return {M, K, N, a.numel() / std::max<int64_t>(1, M * K), shared_b, out};
+}
+}  // namespace detail
+
 /// a[..., M, K] @ b[..., K, N] -> [..., M, N] (torch.matmul for rank >= 2). b may be 2-D (shared by the batch)
 /// or have the same batch dimensions as a. trans_b reads b as [..., N, K].
 template <class T>
 Tensor<T, Cpu> matmul(const Tensor<T, Cpu>& a_in, const Tensor<T, Cpu>& b_in, bool trans_b = false) {
-  check<ShapeError>(a_in.rank() >= 2 && b_in.rank() >= 2, "matmul: needs rank >= 2, got ", a_in.shape().str(),
-                    " and ", b_in.shape().str());
+  const auto shape = detail::matmul_shape(a_in.shape(), b_in.shape(), trans_b);
+  const int64_t M = shape.M, K = shape.K, N = shape.N, batch = shape.batch;
+  const bool shared_b = shape.shared_b;
+  const Shape& out_shape = shape.out;
   const auto a = a_in.contiguous();
   const auto b = b_in.contiguous();
-  const int64_t M = a.dim(-2), K = a.dim(-1);
-  const int64_t N = trans_b ? b.dim(-2) : b.dim(-1), Kb = trans_b ? b.dim(-1) : b.dim(-2);
-  check<ShapeError>(K == Kb, "matmul: inner dimensions differ: ", a.shape().str(), " @ ", b.shape().str(),
-                    trans_b ? " (b transposed)" : "");
-  const int64_t batch = a.numel() / std::max<int64_t>(1, M * K);
-  const bool shared_b = b.rank() == 2;
-  if (!shared_b) {
-    Shape ab = a.shape(), bb = b.shape();
-    check<ShapeError>(a.rank() == b.rank() && std::equal(ab.begin(), ab.end() - 2, bb.begin()),
-                      "matmul: batch dimensions differ: ", a.shape().str(), " @ ", b.shape().str());
-  }
-  Shape out_shape = a.shape();
-  out_shape[out_shape.rank() - 1] = N;
   auto out = Tensor<T, Cpu>::empty(out_shape);
   if (shared_b) {  // one big GEMM over all rows of a
     gemm<T>(false, trans_b, batch * M, N, K, T(1), a.data(), K, b.data(), trans_b ? K : N, T(0), out.data(), N);

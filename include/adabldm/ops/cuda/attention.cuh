@@ -518,17 +518,8 @@ template <class T>
 Tensor<T, Cuda> attention(const Tensor<T, Cuda>& q_in, const Tensor<T, Cuda>& k_in, const Tensor<T, Cuda>& v_in,
                           const AttentionParams& p) {
   static_assert(cuda::is_cuda_float_v<T>, "CUDA ops: float, half or bfloat16 tensors");
-  check<ShapeError>(q_in.rank() == 3 && k_in.rank() == 3 && v_in.rank() == 3,
-                    "attention: q, k, v must be [B, L, H*D], got ", q_in.shape().str(), ", ", k_in.shape().str(),
-                    ", ", v_in.shape().str());
-  const int64_t B = q_in.dim(0), Lq = q_in.dim(1), Lk = k_in.dim(1), H = p.heads;
-  check<ShapeError>(k_in.dim(0) == B && v_in.dim(0) == B && v_in.dim(1) == Lk,
-                    "attention: batch or key length mismatch: q ", q_in.shape().str(), ", k ", k_in.shape().str(),
-                    ", v ", v_in.shape().str());
-  check<ShapeError>(H > 0 && q_in.dim(2) % H == 0 && v_in.dim(2) % H == 0 && q_in.dim(2) == k_in.dim(2),
-                    "attention: widths ", q_in.dim(2), "/", k_in.dim(2), "/", v_in.dim(2), " do not split into ", H,
-                    " heads");
-  check<ShapeError>(Lk > 0, "attention: empty key sequence");
+  detail::check_attention_shapes(q_in.shape(), k_in.shape(), v_in.shape(), p.heads);
+  const int64_t B = q_in.dim(0), Lq = q_in.dim(1), H = p.heads;
   const auto q = q_in.contiguous();
   const auto k = k_in.contiguous();
   const auto v = v_in.contiguous();

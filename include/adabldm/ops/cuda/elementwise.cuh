@@ -372,18 +372,9 @@ Tensor<T, Cuda> clamp(const Tensor<T, Cuda>& x_in, T lo, T hi) {
 /// Concatenation along dimension `dim` (negative counts from the end).
 template <class T>
 Tensor<T, Cuda> concat(const std::vector<Tensor<T, Cuda>>& parts, int dim) {
-  check<ShapeError>(!parts.empty(), "concat: no tensors");
-  const int r = parts[0].rank();
-  const int d = dim < 0 ? dim + r : dim;
-  check<ShapeError>(d >= 0 && d < r, "concat: dimension ", dim, " out of range for ", parts[0].shape().str());
-  Shape os = parts[0].shape();
-  os[d] = 0;
-  for (const auto& t : parts) {
-    bool ok = t.rank() == r;
-    for (int i = 0; ok && i < r; ++i) ok = i == d || t.shape()[i] == parts[0].shape()[i];
-    check<ShapeError>(ok, "concat: ", t.shape().str(), " does not fit ", parts[0].shape().str(), " along dim ", d);
-    os[d] += t.shape()[d];
-  }
+  const auto shape = detail::concat_shape(parts, dim);
+  const int r = shape.out.rank(), d = shape.dim;
+  const Shape& os = shape.out;
   auto out = Tensor<T, Cuda>::empty(os);
   int64_t outer = 1, inner = 1;
   for (int i = 0; i < d; ++i) outer *= os[i];

@@ -147,23 +147,12 @@ Tensor<T, Cuda> matmul_backward_b(const Tensor<T, Cuda>& dc_in, const Tensor<T, 
 /// [..., N, K].
 template <class T>
 Tensor<T, Cuda> matmul(const Tensor<T, Cuda>& a_in, const Tensor<T, Cuda>& b_in, bool trans_b = false) {
-  check<ShapeError>(a_in.rank() >= 2 && b_in.rank() >= 2, "matmul: needs rank >= 2, got ", a_in.shape().str(),
-                    " and ", b_in.shape().str());
+  const auto shape = detail::matmul_shape(a_in.shape(), b_in.shape(), trans_b);
+  const int64_t M = shape.M, K = shape.K, N = shape.N, batch = shape.batch;
+  const bool shared_b = shape.shared_b;
+  const Shape& out_shape = shape.out;
   const auto a = a_in.contiguous();
   const auto b = b_in.contiguous();
-  const int64_t M = a.dim(-2), K = a.dim(-1);
-  const int64_t N = trans_b ? b.dim(-2) : b.dim(-1), Kb = trans_b ? b.dim(-1) : b.dim(-2);
-  check<ShapeError>(K == Kb, "matmul: inner dimensions differ: ", a.shape().str(), " @ ", b.shape().str(),
-                    trans_b ? " (b transposed)" : "");
-  const int64_t batch = a.numel() / std::max<int64_t>(1, M * K);
-  const bool shared_b = b.rank() == 2;
-  if (!shared_b) {
-    Shape ab = a.shape(), bb = b.shape();
-    check<ShapeError>(a.rank() == b.rank() && std::equal(ab.begin(), ab.end() - 2, bb.begin()),
-                      "matmul: batch dimensions differ: ", a.shape().str(), " @ ", b.shape().str());
-  }
-  Shape out_shape = a.shape();
-  out_shape[out_shape.rank() - 1] = N;
   auto out = Tensor<T, Cuda>::empty(out_shape);
   if (shared_b)
     gemm_device<T>(false, trans_b, batch * M, N, K, 1.0f, a.data(), K, b.data(), trans_b ? K : N, 0.0f, out.data(), N);
