@@ -31,6 +31,16 @@ namespace cuda_test {
 
 using namespace adabldm;
 using F32 = Tensor<float, Cpu>;
+using H = adabldm::half;
+using BF = adabldm::bfloat16;
+
+/// Runs the statement(s) once for each storage type T (variadic: commas in the body are fine).
+#define FOR_EACH_TYPE(...)            \
+  do {                                \
+    { using T = float; __VA_ARGS__; } \
+    { using T = H; __VA_ARGS__; }     \
+    { using T = BF; __VA_ARGS__; }    \
+  } while (0)
 
 /// Whether this process sees no CUDA device (asked once).
 inline bool no_device() {

@@ -7,8 +7,6 @@
 #include "cuda_test_util.cuh"
 
 using namespace cuda_test;
-using H = adabldm::half;
-using BF = adabldm::bfloat16;
 
 namespace {
 struct AttnCase {

@@ -6,15 +6,6 @@
 #include "cuda_test_util.cuh"
 
 using namespace cuda_test;
-using H = adabldm::half;
-using BF = adabldm::bfloat16;
-
-#define FOR_EACH_TYPE(...)            \
-  do {                                \
-    { using T = float; __VA_ARGS__; } \
-    { using T = H; __VA_ARGS__; }     \
-    { using T = BF; __VA_ARGS__; }    \
-  } while (0)
 
 CUDA_TEST_CASE("gemm_device: all transpose combinations, alpha, beta, leading dimensions, batches") {
   ADABLDM_REQUIRE_CUDA();

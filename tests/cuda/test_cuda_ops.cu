@@ -5,16 +5,6 @@
 #include "cuda_test_util.cuh"
 
 using namespace cuda_test;
-using H = adabldm::half;
-using BF = adabldm::bfloat16;
-
-/// Runs the statement(s) once for each storage type T (variadic: commas in the body are fine).
-#define FOR_EACH_TYPE(...)            \
-  do {                                \
-    { using T = float; __VA_ARGS__; } \
-    { using T = H; __VA_ARGS__; }     \
-    { using T = BF; __VA_ARGS__; }    \
-  } while (0)
 
 CUDA_TEST_CASE("add / sub / mul with broadcasting, and sum_to_shape") {
   ADABLDM_REQUIRE_CUDA();
