@@ -269,6 +269,22 @@ ConcatShape concat_shape(const Tensors& parts, int dim) {
   }
   return {d, out};
 }
+
+/// Records concat's backward (each part gets its slice of the gradient): the same on every device.
+template <class T, class Dev>
+void record_concat(const std::vector<Tensor<T, Dev>>& parts, Tensor<T, Dev>& out, int d) {
+  if (!autograd::should_record(parts)) return;
+  std::vector<autograd::GradSlot<T, Dev>> slots;
+  for (const auto& t : parts) slots.emplace_back(t);
+  autograd::record("concat", out, [slots, d](const Tensor<T, Dev>& g) {
+    int64_t start = 0;
+    for (const auto& s : slots) {
+      const int64_t len = s.shape()[d];
+      if (s) s.add(g.narrow(d, start, len).contiguous());
+      start += len;
+    }
+  });
+}
 }  // namespace detail
 
 /// Concatenation along dimension `dim` (negative counts from the end); all other dimensions must agree.
@@ -290,18 +306,7 @@ Tensor<T, Cpu> concat(const std::vector<Tensor<T, Cpu>>& parts, int dim) {
     parallel_for(outer, [&](int64_t o) { std::copy(src + o * run, src + (o + 1) * run, dst + o * os[d] * inner); }, grain_for(run));
     offset += run;
   }
-  if (autograd::should_record(parts)) {
-    std::vector<autograd::GradSlot<T, Cpu>> slots;
-    for (const auto& t : parts) slots.emplace_back(t);
-    autograd::record("concat", out, [slots, d](const Tensor<T, Cpu>& g) {
-      int64_t start = 0;
-      for (const auto& s : slots) {
-        const int64_t len = s.shape()[d];
-        if (s) s.add(g.narrow(d, start, len).contiguous());
-        start += len;
-      }
-    });
-  }
+  detail::record_concat(parts, out, d);
   return out;
 }
 

@@ -391,18 +391,7 @@ Tensor<T, Cuda> concat(const std::vector<Tensor<T, Cuda>>& parts, int dim) {
     }
     offset += run;
   }
-  if (autograd::should_record(parts)) {
-    std::vector<autograd::GradSlot<T, Cuda>> slots;
-    for (const auto& t : parts) slots.emplace_back(t);
-    autograd::record("concat", out, [slots, d](const Tensor<T, Cuda>& g) {
-      int64_t start = 0;
-      for (const auto& s : slots) {
-        const int64_t len = s.shape()[d];
-        if (s) s.add(g.narrow(d, start, len).contiguous());
-        start += len;
-      }
-    });
-  }
+  detail::record_concat(parts, out, d);
   return out;
 }
 
