@@ -1,6 +1,8 @@
 // Tiled (flash-style) attention against the textbook softmax(q k^T * scale) v, computed row by row in double.
 #include <doctest/doctest.h>
 
+#include "max_error.hpp"
+
 #include <cmath>
 #include <vector>
 
@@ -40,7 +42,7 @@ std::vector<double> naive_attention(const T32& q, const T32& k, const T32& v, in
 double max_err(const T32& a, const std::vector<double>& b) {
   const auto av = a.to_vector();
   double e = 0;
-  for (std::size_t i = 0; i < b.size(); ++i) e = std::max(e, std::abs(av[i] - b[i]));
+  for (std::size_t i = 0; i < b.size(); ++i) e = worse(e, std::abs(av[i] - b[i]));
   return e;
 }
 }  // namespace

@@ -4,6 +4,8 @@
 // finite-difference checker does catch a wrong backward.
 #include <doctest/doctest.h>
 
+#include "max_error.hpp"
+
 #include "adabldm/autograd/autograd.hpp"
 #include "adabldm/nn/layers.hpp"
 #include "adabldm/ops/ops.hpp"
@@ -25,7 +27,7 @@ nn::Linear<double> make_linear(int64_t in, int64_t out) {
 double max_abs_diff(const D& a, const D& b) {
   REQUIRE(a.shape() == b.shape());
   double m = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, std::abs(a.data()[i] - b.data()[i]));
+  for (int64_t i = 0; i < a.numel(); ++i) m = worse(m, std::abs(a.data()[i] - b.data()[i]));
   return m;
 }
 }  // namespace

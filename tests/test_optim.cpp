@@ -47,7 +47,7 @@ double rel_err(const Tensor<T>& a, const Tensor<T>& b) {
   REQUIRE(a.shape() == b.shape());
   double e = 0, m = 0;
   for (int64_t i = 0; i < a.numel(); ++i) {
-    e = std::max(e, std::abs(double(a.data()[i]) - double(b.data()[i])));
+    e = worse(e, std::abs(double(a.data()[i]) - double(b.data()[i])));
     m = std::max(m, std::abs(double(b.data()[i])));
   }
   return e / m;

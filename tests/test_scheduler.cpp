@@ -50,7 +50,7 @@ double max_abs_diff(const Tensor<float>& a, const std::vector<double>& b) {
   const auto av = a.to_vector();
   REQUIRE(av.size() == b.size());
   double m = 0;
-  for (std::size_t i = 0; i < av.size(); ++i) m = std::max(m, std::abs(double(av[i]) - b[i]));
+  for (std::size_t i = 0; i < av.size(); ++i) m = worse(m, std::abs(double(av[i]) - b[i]));
   return m;
 }
 

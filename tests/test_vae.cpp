@@ -94,8 +94,8 @@ TEST_CASE("AutoencoderKL posterior sampling has the posterior's mean and std") {
   double worst_mean = 0, worst_std = 0;  // in standard errors / relative
   for (std::size_t i = 0; i < mean.size(); ++i) {
     const double m = sum[i] / kDraws, s = std::sqrt(sum2[i] / kDraws - m * m);
-    worst_mean = std::max(worst_mean, std::abs(m - mean[i]) / (std[i] / std::sqrt(double(kDraws))));
-    worst_std = std::max(worst_std, std::abs(s / std[i] - 1.0));
+    worst_mean = worse(worst_mean, std::abs(m - mean[i]) / (std[i] / std::sqrt(double(kDraws))));
+    worst_std = worse(worst_std, std::abs(s / std[i] - 1.0));
   }
   std::printf("[stats] posterior samples: worst |mean err| %.2f standard errors, worst |std/std_ref - 1| %.4f\n",
               worst_mean, worst_std);

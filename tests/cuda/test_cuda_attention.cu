@@ -4,6 +4,10 @@
 // softmax sums) times the head width (each score's dot product), i.e. 1e-5 * sqrt(Lk * D) for float32.
 // half / bfloat16 forwards run on tensor cores by default (ops/cuda/attention_tc.cuh) wherever the head widths
 // allow it; the last case checks that path explicitly against the CPU twin and against the CUDA-core kernel.
+#include <array>
+#include <exception>
+#include <thread>
+
 #include "cuda_test_util.cuh"
 
 using namespace cuda_test;
@@ -107,7 +111,9 @@ void tensor_core_case(const AttnCase& c) {
                            std::to_string(c.Lk) + " H" + std::to_string(c.heads) + " D" + std::to_string(c.D) +
                            " Dv" + std::to_string(c.Dv) + (c.causal ? " causal" : "") + " [" + type_name<T>() + "]";
   const bool applicable = ops::cuda_detail::attention_tc_applicable<T>(c.D, c.Dv);
-  if (c.D <= 160 && c.Dv <= 160 && cuda::device_properties().major >= 8) {
+  if (c.D <= 160 && c.Dv <= 160 && cuda::device_properties().major >= 8 &&
+      static_cast<std::size_t>(ops::cuda_detail::tc_layout(static_cast<int>(c.D), static_cast<int>(c.Dv)).bytes) <=
+          cuda::device_properties().sharedMemPerBlockOptin) {  // (99 KB cards, sm_86 / sm_89, fit D <= 128 only)
     CAPTURE(name);
     CHECK(applicable);  // sm_80+ and every SD head width: the tensor-core path must be taken
   }
@@ -173,4 +179,46 @@ CUDA_TEST_CASE("attention forward on tensor cores (half, bfloat16) against the C
     }
   }
   CHECK(cuda::tensor_core_attention());  // the switch was restored (default on)
+}
+
+CUDA_TEST_CASE("attention from several host threads with different shared-memory sizes") {
+  ADABLDM_REQUIRE_CUDA();
+  // Head widths 40 and 160 need different opt-in shared memory in the same kernel (half); the per-kernel limit is
+  // process-wide, so one thread's setting must not make another thread's launch fail. Each thread has its own
+  // stream; every result is checked against the CPU twin.
+  const std::vector<AttnCase> cases = {{1, 256, 256, 8, 40, 40, false}, {1, 96, 77, 8, 160, 160, false}};
+  std::vector<F32> refs;
+  std::vector<std::array<F32, 3>> inputs;
+  for (const auto& c : cases) {
+    inputs.push_back({round_to<H>(randn({c.B, c.Lq, c.heads * c.D})), round_to<H>(randn({c.B, c.Lk, c.heads * c.D})),
+                      round_to<H>(randn({c.B, c.Lk, c.heads * c.Dv}))});
+    const auto& in = inputs.back();
+    refs.push_back(ops::attention(in[0], in[1], in[2], ops::AttentionParams{c.heads, 0.0, c.causal}));
+  }
+  std::vector<double> worst(cases.size(), 0.0);
+  std::vector<std::string> failures(cases.size());
+  std::vector<std::thread> threads;
+  for (std::size_t i = 0; i < cases.size(); ++i)
+    threads.emplace_back([&, i] {
+      try {
+        const auto& c = cases[i];
+        const auto q = up<H>(inputs[i][0]), k = up<H>(inputs[i][1]), v = up<H>(inputs[i][2]);
+        for (int rep = 0; rep < 50; ++rep) {
+          const auto out = ops::attention(q, k, v, ops::AttentionParams{c.heads, 0.0, c.causal});
+          worst[i] = std::max(worst[i], compare(down(out), refs[i]).relative());
+        }
+      } catch (const std::exception& e) {
+        failures[i] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    const auto& c = cases[i];
+    CAPTURE(c.D);
+    CHECK(failures[i] == "");
+    const double K = static_cast<double>(c.Lk * c.D);
+    std::printf("  concurrent attention D%ld: worst rel %.3e over 50 launches (tol %.1e)\n", static_cast<long>(c.D),
+                worst[i], tolerance<H>(K) + storage_tolerance<H>());
+    CHECK(worst[i] <= tolerance<H>(K) + storage_tolerance<H>());
+  }
 }

@@ -41,6 +41,14 @@ CUDA_TEST_CASE("matmul: 2-D, batched, shared b, transposed b; backward") {
     check_op<T>("matmul 2-D", [](const auto& in) { return ops::matmul(in[0], in[1]); }, {randn({31, 24}), bs}, 24, {}, 31);
   });
   CHECK_THROWS_AS(ops::matmul(cuda::zeros<float>({2, 3}), cuda::zeros<float>({4, 5})), ShapeError);
+  // An empty inner dimension: the whole output is written (zeros), also in recycled memory (the caching allocator
+  // hands back the NaN block freed just before).
+  { auto junk = cuda::to_device(Tensor<float, Cpu>::full({2, 3, 4}, std::nanf(""))); }
+  expect_close("matmul K=0", cuda::to_host(ops::matmul(cuda::zeros<float>({2, 3, 0}), cuda::zeros<float>({0, 4}))),
+               Tensor<float, Cpu>::zeros({2, 3, 4}), 0.0);
+  { auto junk = cuda::to_device(Tensor<float, Cpu>::full({2, 3, 4}, std::nanf(""))); }
+  expect_close("linear in=0", cuda::to_host(ops::linear(cuda::zeros<float>({2, 3, 0}), cuda::zeros<float>({4, 0}))),
+               Tensor<float, Cpu>::zeros({2, 3, 4}), 0.0);
 }
 
 CUDA_TEST_CASE("linear: cuBLASLt bias epilogue and the cuBLAS path, with and without bias; backward") {

@@ -30,6 +30,12 @@ struct AdamWOptions {
 /// Updates the parameter values in place (use nn::clone_parameters first to train a copy of shared weights).
 template <class T, class Dev = Cpu>
 class AdamW {
+  // 16-bit parameters cannot absorb lr-sized updates (1e-4 is below half an ulp of 0.5) and a 16-bit second
+  // moment flushes (1 - beta2) g^2 to 0 for |g| < 5.5e-3: train a float master copy instead (defect::adapt_decoder
+  // does, with its bf16 compute copy).
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "AdamW: float or double parameters (16-bit weights train through a float master copy)");
+
  public:
   template <class M>
   explicit AdamW(M& module, const AdamWOptions& options = {}) : options_(options) {

@@ -37,6 +37,13 @@ class Shape {
     for (int i = 0; i < rank_; ++i) n *= d_[static_cast<std::size_t>(i)];
     return n;
   }
+  /// The product of all dimensions but the last `trailing` (the batch of a matrix op; 1 for none). Not
+  /// numel() / (inner dims), which is 0 when an inner dimension is 0.
+  int64_t leading_numel(int trailing) const noexcept {
+    int64_t n = 1;
+    for (int i = 0; i < rank_ - trailing; ++i) n *= d_[static_cast<std::size_t>(i)];
+    return n;
+  }
   void push_back(int64_t v) {
     check<ShapeError>(rank_ < kMaxRank, "shape rank exceeds ", kMaxRank);
     d_[static_cast<std::size_t>(rank_++)] = v;

@@ -78,7 +78,7 @@ Tensor<T, Cpu> sum_rows(const T* m, int64_t rows, int64_t cols) {
 template <class T>
 Tensor<T, Cpu> matmul_backward_a(const Tensor<T, Cpu>& dc, const Tensor<T, Cpu>& b, bool trans_b) {
   const int64_t M = dc.dim(-2), N = dc.dim(-1), K = trans_b ? b.dim(-1) : b.dim(-2);
-  const int64_t batch = dc.numel() / std::max<int64_t>(1, M * N);
+  const int64_t batch = dc.shape().leading_numel(2);
   Shape shape = dc.shape();
   shape[shape.rank() - 1] = K;
   auto da = Tensor<T, Cpu>::empty(shape);
@@ -100,7 +100,7 @@ template <class T>
 Tensor<T, Cpu> matmul_backward_b(const Tensor<T, Cpu>& dc, const Tensor<T, Cpu>& a, const Shape& b_shape,
                                  bool trans_b) {
   const int64_t M = dc.dim(-2), N = dc.dim(-1), K = a.dim(-1);
-  const int64_t batch = dc.numel() / std::max<int64_t>(1, M * N);
+  const int64_t batch = dc.shape().leading_numel(2);
   const bool shared = b_shape.rank() == 2;
   const int64_t rows = shared ? batch * M : M, count = shared ? 1 : batch;
   auto db = Tensor<T, Cpu>::empty(b_shape);
@@ -132,7 +132,7 @@ inline MatmulShape matmul_shape(const Shape& a, const Shape& b, bool trans_b) {
                       "matmul: batch dimensions differ: ", a.str(), " @ ", b.str());
   Shape out = a;
   out[out.rank() - 1] = N;
-  return {M, K, N, a.numel() / std::max<int64_t>(1, M * K), shared_b, out};
+  return {M, K, N, a.leading_numel(2), shared_b, out};
 }
 }  // namespace detail
 
@@ -174,7 +174,7 @@ Tensor<T, Cpu> linear(const Tensor<T, Cpu>& x_in, const Tensor<T, Cpu>& weight, 
                     " does not match weight ", weight.shape().str());
   const auto x = x_in.contiguous();
   const auto w = weight.contiguous();
-  const int64_t in = w.dim(1), outf = w.dim(0), rows = x.numel() / std::max<int64_t>(1, in);
+  const int64_t in = w.dim(1), outf = w.dim(0), rows = x.shape().leading_numel(1);
   Shape out_shape = x.shape();
   out_shape[out_shape.rank() - 1] = outf;
   auto out = Tensor<T, Cpu>::empty(out_shape);
@@ -190,7 +190,7 @@ Tensor<T, Cpu> linear(const Tensor<T, Cpu>& x_in, const Tensor<T, Cpu>& weight, 
     autograd::record("linear", out, [sx = autograd::slot(x), sw = autograd::slot(w), sb = autograd::slot(bias),
                                      x_saved = w.requires_grad() ? x.detach() : Tensor<T, Cpu>{},
                                      w_saved = x.requires_grad() ? w.detach() : Tensor<T, Cpu>{}](const Tensor<T, Cpu>& g) {
-      const int64_t outf = g.dim(-1), rows = g.numel() / std::max<int64_t>(1, outf);
+      const int64_t outf = g.dim(-1), rows = g.shape().leading_numel(1);
       if (sx) {  // dX = dY @ W
         auto dx = Tensor<T, Cpu>::empty(sx.shape());
         const int64_t in = sx.shape().dim(-1);

@@ -130,7 +130,7 @@ class CachingAllocator {
       st.bytes_cached -= b.size;
       --st.blocks_cached;
       ++st.cuda_free_calls;
-      (void)cudaFree(ptr);
+      if (cudaFree(ptr) != cudaSuccess) (void)cudaGetLastError();
     }
   }
 

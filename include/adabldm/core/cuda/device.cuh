@@ -46,7 +46,8 @@ class DeviceGuard {
     if (device != previous_) set_device(device);
   }
   ~DeviceGuard() {
-    if (current_device_noexcept() != previous_) (void)cudaSetDevice(previous_);
+    if (current_device_noexcept() != previous_ && cudaSetDevice(previous_) != cudaSuccess)
+      (void)cudaGetLastError();  // do not leave a non-sticky error for the next ADABLDM_CUDA_CHECK_LAUNCH()
   }
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;
@@ -54,7 +55,9 @@ class DeviceGuard {
  private:
   static int current_device_noexcept() noexcept {
     int d = -1;
-    return cudaGetDevice(&d) == cudaSuccess ? d : -1;
+    if (cudaGetDevice(&d) == cudaSuccess) return d;
+    (void)cudaGetLastError();
+    return -1;
   }
   int previous_;
 };
@@ -166,7 +169,12 @@ inline void synchronize() { ADABLDM_CUDA_CHECK(cudaStreamSynchronize(current_str
 /// The thread's cuBLAS handle for the current device, bound to the current stream.
 inline cublasHandle_t cublas_handle() {
   auto& s = detail::thread_device_state(current_device());
-  if (!s.cublas) ADABLDM_CUBLAS_CHECK(cublasCreate(&s.cublas));
+  if (!s.cublas) {
+    ADABLDM_CUBLAS_CHECK(cublasCreate(&s.cublas));
+    // f16 / bf16 GEMMs: split-K partial sums in float (the compute type), never in the 16-bit output type.
+    ADABLDM_CUBLAS_CHECK(cublasSetMathMode(
+        s.cublas, static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
+  }
   ADABLDM_CUBLAS_CHECK(cublasSetStream(s.cublas, current_stream()));
   return s.cublas;
 }

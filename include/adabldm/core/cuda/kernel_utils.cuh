@@ -178,5 +178,15 @@ __device__ __forceinline__ Moments block_moments(Moments m, float* scratch) {
   return warp_moments(r);
 }
 
+/// Lets `kernel` launch with `bytes` of dynamic shared memory beyond the default 48 KB. The attribute is
+/// process-wide, so it is always raised to the device's opt-in maximum: a thread launching with fewer bytes
+/// cannot lower the limit under another thread's launch (the launch's own size decides what is used).
+template <class Kernel>
+void allow_dynamic_shared(Kernel kernel, std::size_t bytes) {
+  if (bytes > (std::size_t{48} << 10))
+    ADABLDM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(device_properties().sharedMemPerBlockOptin)));
+}
+
 }  // namespace detail
 }  // namespace adabldm::cuda

@@ -84,8 +84,9 @@ __global__ void geglu_backward_kernel(const T* gy, const T* x, T* dx, int64_t d,
 
 /// dx = g * activation'(x).
 template <class T>
-Tensor<T, Cuda> activation_backward(const Tensor<T, Cuda>& g_in, const Tensor<T, Cuda>& x, Activation a) {
-  const auto g = g_in.contiguous();
+Tensor<T, Cuda> activation_backward(const Tensor<T, Cuda>& g_in, const Tensor<T, Cuda>& x_in, Activation a) {
+  check<ShapeError>(g_in.shape() == x_in.shape(), "activation_backward: ", g_in.shape().str(), " vs ", x_in.shape().str());
+  const auto g = g_in.contiguous(), x = x_in.contiguous();
   auto dx = Tensor<T, Cuda>::empty(x.shape());
   if (x.numel() > 0) {
     cuda_detail::activation_backward_kernel<T><<<cuda::detail::grid_for(x.numel()), cuda::detail::kThreads, 0,

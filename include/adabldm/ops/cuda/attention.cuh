@@ -381,12 +381,6 @@ int pick_tile(F bytes, std::size_t& chosen_bytes) {
   throw ShapeError("attention (CUDA): head widths too large for shared memory");
 }
 
-template <class Kernel>
-void allow_shared(Kernel kernel, std::size_t bytes) {
-  if (bytes > (std::size_t{48} << 10))
-    ADABLDM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-}
-
 template <class T, int NC>
 void attention_forward_launch(const T* q, const T* k, const T* v, T* out, float* lse, AttnDims a) {
   constexpr int R = attention_rows(NC), BQ = kAttnWarps * R;
@@ -397,7 +391,7 @@ void attention_forward_launch(const T* q, const T* k, const T* v, T* out, float*
     return sizeof(float) * static_cast<std::size_t>(BQ * a.D + bk * a.kstride + bk * a.Dv + kAttnWarps * R * bk);
   }, bytes);
   auto kernel = attention_forward_kernel<T, NC, R>;
-  allow_shared(kernel, bytes);
+  cuda::detail::allow_dynamic_shared(kernel, bytes);
   const dim3 grid(static_cast<unsigned>((a.Lq + BQ - 1) / BQ), static_cast<unsigned>(a.B * a.H));
   kernel<<<grid, kAttnWarps * 32, bytes, cuda::current_stream()>>>(q, k, v, out, lse, a);
   ADABLDM_CUDA_CHECK_LAUNCH();
@@ -418,7 +412,7 @@ void attention_backward_launch(const T* q, const T* k, const T* v, const T* dout
                                                       kAttnWarps * R * bk);
     }, bytes);
     auto kernel = attention_dq_kernel<T, NC, R>;
-    allow_shared(kernel, bytes);
+    cuda::detail::allow_dynamic_shared(kernel, bytes);
     const dim3 grid(static_cast<unsigned>((a.Lq + BQ - 1) / BQ), static_cast<unsigned>(a.B * a.H));
     kernel<<<grid, kAttnWarps * 32, bytes, stream>>>(q, k, v, dout, lse, delta, dq, d);
     ADABLDM_CUDA_CHECK_LAUNCH();
@@ -431,7 +425,7 @@ void attention_backward_launch(const T* q, const T* k, const T* v, const T* dout
                                                       2 * kAttnWarps * R * bq);
     }, bytes);
     auto kernel = attention_dkdv_kernel<T, NC, R>;
-    allow_shared(kernel, bytes);
+    cuda::detail::allow_dynamic_shared(kernel, bytes);
     const dim3 grid(static_cast<unsigned>((a.Lk + BQ - 1) / BQ), static_cast<unsigned>(a.B * a.H));
     kernel<<<grid, kAttnWarps * 32, bytes, stream>>>(q, k, v, dout, lse, delta, dk, dv, d);
     ADABLDM_CUDA_CHECK_LAUNCH();
@@ -496,7 +490,7 @@ Tensor<T, Cuda> attention_forward(const Tensor<T, Cuda>& q, const Tensor<T, Cuda
                                   const AttentionParams& p, float* lse) {
   const auto a = cuda_detail::attention_dims(q.shape(), k.shape(), v.shape(), p);
   auto out = Tensor<T, Cuda>::empty({a.B, a.Lq, v.dim(2)});
-  if (out.numel() == 0) return out;
+  if (a.B * a.H * a.Lq == 0) return out;  // (Dv == 0 still writes the log-sum-exp the backward reads)
   if constexpr (std::is_same_v<T, half> || std::is_same_v<T, bfloat16>) {
     if (cuda_detail::attention_tc_applicable<T>(a.D, a.Dv)) {
       cuda_detail::attention_tc_forward_launch<T>(q.data(), k.data(), v.data(), out.data(), lse, a.B, a.Lq, a.Lk, a.H,

@@ -287,7 +287,14 @@ bool attention_tc_applicable(int64_t D, int64_t Dv) {
   } else {
     if (!cuda::tensor_core_attention() || D < 1 || Dv < 1 || D > kTcMaxWidth || Dv > kTcMaxWidth) return false;
     const auto& p = cuda::device_properties();
-    return p.major >= 8 &&
+    // The kernel's code must be sm_80+ too (built for an older architecture only, its body is a trap).
+    static const bool compiled_for_sm80 = [] {
+      cudaFuncAttributes fa{};
+      if (cudaFuncGetAttributes(&fa, attention_tc_forward_kernel<T>) == cudaSuccess) return fa.ptxVersion >= 80;
+      (void)cudaGetLastError();  // (not left for the next launch check)
+      return false;
+    }();
+    return p.major >= 8 && compiled_for_sm80 &&
            static_cast<std::size_t>(tc_layout(static_cast<int>(D), static_cast<int>(Dv)).bytes) <=
                p.sharedMemPerBlockOptin;
   }
@@ -315,8 +322,7 @@ void attention_tc_forward_launch(const T* q, const T* k, const T* v, T* out, flo
   a.vec_v = Dv % 8 == 0 && aligned16(v) ? 1 : 0;
   const std::size_t bytes = static_cast<std::size_t>(tc_layout(a.D, a.Dv).bytes);
   auto kernel = attention_tc_forward_kernel<T>;
-  if (bytes > (std::size_t{48} << 10))
-    ADABLDM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  cuda::detail::allow_dynamic_shared(kernel, bytes);
   const dim3 grid(static_cast<unsigned>((Lq + kTcBq - 1) / kTcBq), static_cast<unsigned>(B * H));
   kernel<<<grid, kTcThreads, bytes, cuda::current_stream()>>>(q, k, v, out, lse, a);
   ADABLDM_CUDA_CHECK_LAUNCH();

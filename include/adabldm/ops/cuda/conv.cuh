@@ -113,9 +113,11 @@ bool acceptable(const Perf& p, cudnnDataType_t type) {
 }
 template <class Perf>
 ConvChoice pick(const Perf* perf, int count, cudnnDataType_t type, const char* what) {
-  for (int i = 0; i < count; ++i)
-    if (acceptable(perf[i], type))
-      return ConvChoice{static_cast<int>(perf[i].algo), perf[i].mathType, perf[i].memory};
+  // Deterministic algorithms first (BWD_DATA_ALGO_0, BWD_FILTER_ALGO_0 / _3 accumulate with atomics).
+  for (int deterministic_only = 1; deterministic_only >= 0; --deterministic_only)
+    for (int i = 0; i < count; ++i)
+      if (acceptable(perf[i], type) && (!deterministic_only || perf[i].determinism == CUDNN_DETERMINISTIC))
+        return ConvChoice{static_cast<int>(perf[i].algo), perf[i].mathType, perf[i].memory};
   // No result reported FMA math for float32 without TF32: take the first working algorithm and force FMA math
   // (cuDNN then runs it without tensor cores, or refuses the call with an error naming it).
   if (type == CUDNN_DATA_FLOAT && !cuda::allow_tf32())

@@ -329,6 +329,13 @@ Tensor<T, Cuda>& add_(Tensor<T, Cuda>& a, const Tensor<T, Cuda>& b) {
   if (a.shape() == bc.shape()) {
     cuda_detail::binary_same_kernel<T, BinaryOp::Add><<<cuda_detail::grid_for(n), cuda_detail::kThreads, 0, stream>>>(
         a.data(), bc.data(), a.data(), n);
+  } else if (const auto pa = reinterpret_cast<uintptr_t>(a.data()), pb = reinterpret_cast<uintptr_t>(bc.data());
+             pb < pa + a.nbytes() && pa < pb + bc.nbytes()) {
+    // b is a view into a's own storage (e.g. a.narrow(0, 0, 1)): in place, a broadcast read of b would race with
+    // the writes to a; add out of place, then copy back (what the CPU twin does).
+    const auto s = cuda_detail::binary<T, BinaryOp::Add>(a, bc);
+    ADABLDM_CUDA_CHECK(cudaMemcpyAsync(a.data(), s.data(), a.nbytes(), cudaMemcpyDeviceToDevice, stream));
+    return a;
   } else {
     const Shape& os = a.shape();
     cuda_detail::binary_broadcast_kernel<T, BinaryOp::Add><<<cuda_detail::grid_for(n), cuda_detail::kThreads, 0, stream>>>(
@@ -341,7 +348,9 @@ Tensor<T, Cuda>& add_(Tensor<T, Cuda>& a, const Tensor<T, Cuda>& b) {
 
 /// dx of clamp: g where lo <= x <= hi, else 0.
 template <class T>
-Tensor<T, Cuda> clamp_backward(const Tensor<T, Cuda>& g, const Tensor<T, Cuda>& x, T lo, T hi) {
+Tensor<T, Cuda> clamp_backward(const Tensor<T, Cuda>& g_in, const Tensor<T, Cuda>& x_in, T lo, T hi) {
+  check<ShapeError>(g_in.shape() == x_in.shape(), "clamp_backward: ", g_in.shape().str(), " vs ", x_in.shape().str());
+  const auto g = g_in.contiguous(), x = x_in.contiguous();
   auto dx = Tensor<T, Cuda>::empty(x.shape());
   if (x.numel() > 0) {
     cuda_detail::clamp_backward_kernel<T><<<cuda_detail::grid_for(x.numel()), cuda_detail::kThreads, 0,
@@ -449,6 +458,7 @@ Tensor<T, Cuda> upsample_nearest(const Tensor<T, Cuda>& x_in, int64_t out_h, int
                     "the size positive, got ", x_in.shape().str(), " -> ", out_h, "x", out_w);
   const auto x = x_in.contiguous();
   const int64_t H = x.dim(2), W = x.dim(3);
+  check<ShapeError>(H > 0 && W > 0, "upsample_nearest: empty input plane ", x.shape().str());
   auto y = Tensor<T, Cuda>::empty({x.dim(0), x.dim(1), out_h, out_w});
   if (y.numel() > 0) {
     const auto sy = cuda_detail::upload_indices(cuda_detail::nearest_map(H, out_h));

@@ -110,7 +110,7 @@ Tensor<T, Cuda> matmul_backward_a(const Tensor<T, Cuda>& dc_in, const Tensor<T, 
   const auto dc = dc_in.contiguous();
   const auto b = b_in.contiguous();
   const int64_t M = dc.dim(-2), N = dc.dim(-1), K = trans_b ? b.dim(-1) : b.dim(-2);
-  const int64_t batch = dc.numel() / std::max<int64_t>(1, M * N);
+  const int64_t batch = dc.shape().leading_numel(2);
   Shape shape = dc.shape();
   shape[shape.rank() - 1] = K;
   auto da = Tensor<T, Cuda>::empty(shape);
@@ -130,7 +130,7 @@ Tensor<T, Cuda> matmul_backward_b(const Tensor<T, Cuda>& dc_in, const Tensor<T, 
   const auto dc = dc_in.contiguous();
   const auto a = a_in.contiguous();
   const int64_t M = dc.dim(-2), N = dc.dim(-1), K = a.dim(-1);
-  const int64_t batch = dc.numel() / std::max<int64_t>(1, M * N);
+  const int64_t batch = dc.shape().leading_numel(2);
   const bool shared = b_shape.rank() == 2;
   const int64_t rows = shared ? batch * M : M, count = shared ? 1 : batch;
   auto db = Tensor<T, Cuda>::empty(b_shape);
@@ -199,8 +199,8 @@ struct LtPlan {
   cublasLtMatmulHeuristicResult_t heuristic{};
   bool usable = false;  // false: cuBLASLt has no algorithm; the cuBLAS path is used
 };
-/// (device, element type, compute type, rows, in, out, alignments of w, x, y).
-using LtKey = std::tuple<int, int, int, int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t>;
+/// (device, element type, compute type, rows, in, out, alignments of w, x, y, bias).
+using LtKey = std::tuple<int, int, int, int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t, uint32_t>;
 
 /// Plans built by this thread so far (tests check that a repeated problem reuses its plan).
 inline int64_t& lt_plans_built() {
@@ -210,7 +210,7 @@ inline int64_t& lt_plans_built() {
 
 template <class T>
 const LtPlan& linear_cublaslt_plan(const LtKey& key, int64_t rows, int64_t in, int64_t outf, uint32_t align_a,
-                                   uint32_t align_b, uint32_t align_d) {
+                                   uint32_t align_b, uint32_t align_d, const T* bias) {
   thread_local std::map<LtKey, std::unique_ptr<LtPlan>> plans;
   if (auto it = plans.find(key); it != plans.end()) return *it->second;
   ++lt_plans_built();
@@ -230,6 +230,8 @@ const LtPlan& linear_cublaslt_plan(const LtKey& key, int64_t rows, int64_t in, i
   const cudaDataType_t bias_type = type;
   ADABLDM_CUBLAS_CHECK(
       cublasLtMatmulDescSetAttribute(dsc.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
+  // The heuristic reads the bias pointer's value to infer its alignment (cublasLt.h): give it a real one.
+  ADABLDM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(dsc.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
   ADABLDM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&dsc.a, type, static_cast<uint64_t>(in), static_cast<uint64_t>(outf), in));
   ADABLDM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&dsc.b, type, static_cast<uint64_t>(in), static_cast<uint64_t>(rows), in));
   ADABLDM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&dsc.d, type, static_cast<uint64_t>(outf), static_cast<uint64_t>(rows), outf));
@@ -245,6 +247,11 @@ const LtPlan& linear_cublaslt_plan(const LtKey& key, int64_t rows, int64_t in, i
                                                             &align_d, sizeof(align_d)));
   ADABLDM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(dsc.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                                                             &align_d, sizeof(align_d)));
+  // 16-bit outputs: split-K partials must be reduced in float, not in the output type (one rounding only).
+  const uint32_t reduction = std::is_same_v<T, float> ? uint32_t{CUBLASLT_REDUCTION_SCHEME_MASK}
+                                                      : uint32_t{CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE};
+  ADABLDM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(dsc.pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                                            &reduction, sizeof(reduction)));
   int found = 0;
   const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(cuda::cublaslt_handle(), dsc.op, dsc.a, dsc.b, dsc.d,
                                                           dsc.d, dsc.pref, 1, &plan->heuristic, &found);
@@ -262,8 +269,8 @@ bool linear_cublaslt(const T* x, const T* w, const T* bias, T* y, int64_t rows, 
   if (pointer_alignment(bias) < 16) return false;
   const uint32_t align_a = pointer_alignment(w), align_b = pointer_alignment(x), align_d = pointer_alignment(y);
   const LtKey key{cuda::current_device(), static_cast<int>(cuda_data_type<T>()), static_cast<int>(gemm_compute_type<T>()),
-                  rows, in, outf, align_a, align_b, align_d};
-  const LtPlan& plan = linear_cublaslt_plan<T>(key, rows, in, outf, align_a, align_b, align_d);
+                  rows, in, outf, align_a, align_b, align_d, pointer_alignment(bias)};
+  const LtPlan& plan = linear_cublaslt_plan<T>(key, rows, in, outf, align_a, align_b, align_d, bias);
   if (!plan.usable) return false;
   ADABLDM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.dsc.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
   auto workspace =
@@ -286,7 +293,7 @@ void linear_backward(const Tensor<T, Cuda>& dy_in, const Tensor<T, Cuda>& x, con
                      const Shape& x_shape, const Shape& w_shape, bool need_dx, bool need_dw, bool need_db,
                      Tensor<T, Cuda>& dx, Tensor<T, Cuda>& dw, Tensor<T, Cuda>& db) {
   const auto g = dy_in.contiguous();
-  const int64_t outf = g.dim(-1), rows = g.numel() / std::max<int64_t>(1, outf), in = w_shape[1];
+  const int64_t outf = g.dim(-1), in = w_shape[1], rows = g.shape().leading_numel(1);
   if (need_dx) {  // dX = dY @ W
     dx = Tensor<T, Cuda>::empty(x_shape);
     gemm_device<T>(false, false, rows, in, outf, 1.0f, g.data(), outf, w.data(), in, 0.0f, dx.data(), in);
@@ -306,7 +313,7 @@ Tensor<T, Cuda> linear(const Tensor<T, Cuda>& x_in, const Tensor<T, Cuda>& weigh
                     " does not match weight ", weight.shape().str());
   const auto x = x_in.contiguous();
   const auto w = weight.contiguous();
-  const int64_t in = w.dim(1), outf = w.dim(0), rows = x.numel() / std::max<int64_t>(1, in);
+  const int64_t in = w.dim(1), outf = w.dim(0), rows = x.shape().leading_numel(1);
   Shape out_shape = x.shape();
   out_shape[out_shape.rank() - 1] = outf;
   auto out = Tensor<T, Cuda>::empty(out_shape);

@@ -20,7 +20,7 @@ inline constexpr int64_t kGroupChunk = 16384;  // elements of one group per part
 template <class T>
 __global__ void group_moments_kernel(const T* x, float* partial, int64_t group_size, int64_t chunks) {
   __shared__ float scratch[96];
-  const int64_t ng = blockIdx.y, chunk = blockIdx.x;
+  const int64_t ng = blockIdx.x / chunks, chunk = blockIdx.x % chunks;  // 1-D grid: no 65535 limit on N * groups
   const int64_t begin = chunk * kGroupChunk, end = min(group_size, begin + kGroupChunk);
   const T* xg = x + ng * group_size;
   cuda::detail::Moments m;
@@ -257,11 +257,10 @@ Tensor<T, Cuda> group_norm_forward(const Tensor<T, Cuda>& x, int64_t groups, con
   if (x.numel() == 0) return y;
   cudaStream_t stream = cuda::current_stream();
   const int64_t chunks = (group_size + cuda_detail::kGroupChunk - 1) / cuda_detail::kGroupChunk;
-  check(NG < 65536, "group_norm: ", NG, " (sample, group) pairs exceed the grid");
+  check(NG * chunks <= INT32_MAX, "group_norm: ", NG * chunks, " partial-moment blocks exceed the grid");
   auto partial = Tensor<float, Cuda>::empty({NG, chunks, 3});
-  cuda_detail::group_moments_kernel<T><<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(NG)),
-                                         cuda::detail::kThreads, 0, stream>>>(x.data(), partial.data(), group_size,
-                                                                              chunks);
+  cuda_detail::group_moments_kernel<T><<<static_cast<unsigned>(NG * chunks), cuda::detail::kThreads, 0, stream>>>(
+      x.data(), partial.data(), group_size, chunks);
   ADABLDM_CUDA_CHECK_LAUNCH();
   cuda_detail::finish_moments_kernel<><<<cuda::detail::grid_for(NG), cuda::detail::kThreads, 0, stream>>>(
       partial.data(), stats.data(), NG, chunks, static_cast<float>(eps));
