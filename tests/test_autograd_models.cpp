@@ -142,7 +142,7 @@ TEST_CASE("tiny UNet (tests/data/unet) in double: parameters of every layer kind
   auto unet = load_unet();
   train_only(unet, kUNetSubset);
   auto sample = leaf({1, 4, 8, 8}), ctx = leaf({1, 5, 32});
-  const std::vector<double> t{421.0};
+  const std::vector<float> t{421.0f};
   auto in = parameters(unet, kUNetSubset);
   in.push_back({"sample", sample});
   in.push_back({"encoder_hidden_states", ctx});
@@ -196,7 +196,7 @@ TEST_CASE("ControlNet training with a frozen UNet: gradients reach the trimap en
   const D sample = io.get<double>("sample").narrow(0, 0, 1).contiguous();
   const D ctx = io.get<double>("encoder_hidden_states").narrow(0, 0, 1).narrow(1, 0, 6).contiguous();
   auto cond = autograd::leaf(io.get<double>("controlnet_cond").narrow(0, 0, 1).contiguous());
-  const std::vector<double> t{500.0};
+  const std::vector<float> t{500.0f};
   auto f = [&] { return unet(sample, t, ctx, cn(sample, t, ctx, cond, 0.8)); };
   const std::vector<std::string> subset = {
       "controlnet_cond_embedding.conv_out.bias", "conv_in.weight",

@@ -303,7 +303,7 @@ TEST_CASE("sinusoidal timestep embedding (diffusers get_timestep_embedding)") {
   for (bool flip : {true, false})
     for (double shift : {0.0, 1.0})
       for (int64_t dim : {32, 33, 320}) {
-        auto e = ops::timestep_embedding(ts, dim, flip, shift);
+        auto e = ops::timestep_embedding<float>(ts, dim, flip, shift);
         REQUIRE(e.shape() == Shape{4, dim});
         const int64_t half = dim / 2;
         std::vector<double> ref(static_cast<std::size_t>(4 * dim), 0.0);
@@ -316,9 +316,21 @@ TEST_CASE("sinusoidal timestep embedding (diffusers get_timestep_embedding)") {
         // float32 arguments up to ~1000 rad: ~1e-4 absolute is the float rounding of the argument itself
         CHECK(rel_err(e, ref) < 2e-4);
       }
-  auto e = ops::timestep_embedding(std::vector<float>{1.0f}, 4, true, 0.0);
+  auto e = ops::timestep_embedding<float>(std::vector<float>{1.0f}, 4, true, 0.0);
   CHECK(e.at({0, 0}) == doctest::Approx(std::cos(1.0)));  // cos first when flipped
   CHECK(e.at({0, 2}) == doctest::Approx(std::sin(1.0)));
+
+  // 16-bit models: the float32 embedding of the exact timestep, rounded once (as diffusers casts it). bfloat16
+  // cannot hold 999 (it would embed 1000's phases), half arguments near 1000 would lose 9 bits.
+  const auto ref = ops::timestep_embedding<float>(ts, 320, true, 0.0);
+  const auto bf = ops::timestep_embedding<bfloat16>(ts, 320, true, 0.0).to<float>();
+  const auto hf = ops::timestep_embedding<half>(ts, 320, true, 0.0).to<float>();
+  const auto dbl = ops::timestep_embedding<double>(ts, 320, true, 0.0).to<float>();
+  CHECK(rel_err(bf, dvec(ref.to<bfloat16>().to<float>())) == 0.0);
+  CHECK(rel_err(hf, dvec(ref.to<half>().to<float>())) == 0.0);
+  CHECK(rel_err(dbl, dvec(ref)) == 0.0);
+  const auto at_1000 = ops::timestep_embedding<float>(std::vector<float>{1000.0f}, 320, true, 0.0);
+  CHECK(rel_err(bf.narrow(0, 3, 1), dvec(at_1000.to<bfloat16>().to<float>())) > 0.1);  // 999 is not 1000
 }
 
 TEST_CASE("embedding lookup") {

@@ -209,7 +209,7 @@ TEST_CASE("LDM loss is differentiable through the model (double, fixed draws)") 
   const auto x0 = init.normal<double>({2, 2, 4, 3});
   auto f = [&] {
     Rng rng(9);  // the same t and noise at every evaluation
-    return autograd::ldm_loss([&](const Tensor<double>& zt, const std::vector<double>&) { return denoiser(zt); }, x0,
+    return autograd::ldm_loss([&](const Tensor<double>& zt, const std::vector<float>&) { return denoiser(zt); }, x0,
                               sched, rng).loss;
   };
   const auto r = autograd::gradcheck(f, {{"weight", denoiser.weight.value}, {"bias", denoiser.bias.value}});

@@ -121,7 +121,7 @@ void inference(int64_t S) {
   const auto hint2 = dev<T>(rng.uniform({2, 3, S, S}));
   const auto image = dev<T>(rng.uniform({1, 3, S, S}, -1.0, 1.0));
   const auto latent = dev<T>(rng.normal({1, 4, s, s}));
-  const std::vector<T> t{T(500.0f)};
+  const std::vector<float> t{500.0f};
   row("unet_" + tn + "_" + res, "UNet step, CFG batch 2, " + res + ", " + tn, [&] { (void)unet(z2, t, ctx2); });
   row("controlnet_" + tn + "_" + res, "ControlNet step, CFG batch 2, " + res + ", " + tn,
       [&] { (void)cn(z2, t, ctx2, hint2); });

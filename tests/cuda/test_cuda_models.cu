@@ -52,16 +52,12 @@ CUDA_TEST_CASE("UNet golden on the device in half and bfloat16 (storage toleranc
   // through normalised layers: sqrt(40) ~ 6.3 storage roundings. Bounds: 8 x 2^-11 (f16), 8 x 2^-8 (bf16).
   {
     const auto unet = load_unet<adabldm::half, Cuda>();
-    std::vector<adabldm::half> t;
-    for (float v : timesteps(io)) t.push_back(adabldm::half(v));
-    const auto out = down(unet(up<adabldm::half>(sample), t, up<adabldm::half>(ctx)));
+    const auto out = down(unet(up<adabldm::half>(sample), timesteps(io), up<adabldm::half>(ctx)));
     expect_close("cuda unet noise_pred [f16]", out, ref, 8.0 / 2048);
   }
   {
     const auto unet = load_unet<adabldm::bfloat16, Cuda>();
-    std::vector<adabldm::bfloat16> t;
-    for (float v : timesteps(io)) t.push_back(adabldm::bfloat16(v));
-    const auto out = down(unet(up<adabldm::bfloat16>(sample), t, up<adabldm::bfloat16>(ctx)));
+    const auto out = down(unet(up<adabldm::bfloat16>(sample), timesteps(io), up<adabldm::bfloat16>(ctx)));
     expect_close("cuda unet noise_pred [bf16]", out, ref, 8.0 / 256);
   }
 }

@@ -45,7 +45,7 @@ Tensor<T, Cpu> per_item_mix(const sampling::DDIMScheduler& s, const Tensor<T, Cp
 
 /// The LDM loss for one batch of clean latents x0 [B, ...] (host data: no gradient flows into x0).
 /// predict(z_t, timesteps) -> prediction of x0's shape on any device, with z_t a host tensor and timesteps a
-/// std::vector<T> of one t per item; the target goes to the prediction's device.
+/// std::vector<float> of one t per item; the target goes to the prediction's device.
 /// Draws from rng in this order: B timesteps (Rng::uniform_int), then the noise (Rng::normal<T>(x0's shape)).
 template <class T, class Predict>
 auto ldm_loss(Predict&& predict, const Tensor<T, Cpu>& x0_in, const sampling::DDIMScheduler& scheduler, Rng& rng) {
@@ -62,7 +62,7 @@ auto ldm_loss(Predict&& predict, const Tensor<T, Cpu>& x0_in, const sampling::DD
     case sampling::PredictionType::VPrediction: target = detail::per_item_mix(scheduler, x0, noise, timesteps, true); break;
     case sampling::PredictionType::Sample: target = x0; break;
   }
-  const std::vector<T> t(timesteps.begin(), timesteps.end());
+  const std::vector<float> t(timesteps.begin(), timesteps.end());  // (float for every T: ops::timestep_embedding)
   const auto prediction = predict(zt, t);
   using Dev = typename std::decay_t<decltype(prediction)>::device_type;
   LdmLoss<T, Dev> r;

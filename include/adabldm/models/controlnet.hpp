@@ -104,7 +104,7 @@ struct ControlNetModel {
   }
 
   /// sample [B, in, h, w], timesteps, context [B, L, D], cond [B, C, h*s, w*s] in [0, 1] -> residuals x scale.
-  ControlResiduals<T, Dev> operator()(const Tensor<T, Dev>& sample, const std::vector<T>& timesteps,
+  ControlResiduals<T, Dev> operator()(const Tensor<T, Dev>& sample, const std::vector<float>& timesteps,
                                       const Tensor<T, Dev>& context, const Tensor<T, Dev>& cond, T scale = T(1.0f)) const {
     const auto& uc = config.unet;
     expect_rank(sample, 4, "ControlNet sample");

@@ -127,10 +127,10 @@ struct UNetEncoder {
   }
 
   /// [B] timesteps from one value per item (or one value for the whole batch).
-  static std::vector<T> batch_timesteps(const std::vector<T>& t, int64_t batch) {
+  static std::vector<float> batch_timesteps(const std::vector<float>& t, int64_t batch) {
     check<ShapeError>(static_cast<int64_t>(t.size()) == batch || t.size() == 1, "UNet: ", t.size(),
                       " timesteps for a batch of ", batch);
-    return t.size() == 1 ? std::vector<T>(static_cast<std::size_t>(batch), t[0]) : t;
+    return t.size() == 1 ? std::vector<float>(static_cast<std::size_t>(batch), t[0]) : t;
   }
 
   template <class F>
@@ -176,7 +176,7 @@ struct UNet2DConditionModel {
 
   /// sample [B, in, h, w], timesteps (one per item or one for all), context [B, L, cross_attention_dim] ->
   /// noise prediction [B, out, h, w]. `control` adds ControlNet residuals to the skips and the mid block.
-  Tensor<T, Dev> operator()(const Tensor<T, Dev>& sample, const std::vector<T>& timesteps,
+  Tensor<T, Dev> operator()(const Tensor<T, Dev>& sample, const std::vector<float>& timesteps,
                             const Tensor<T, Dev>& context, const ControlResiduals<T, Dev>& control = {}) const {
     expect_rank(sample, 4, "UNet sample");
     check<ShapeError>(sample.dim(1) == config.in_channels, "UNet: sample has ", sample.dim(1), " channels, the model ",

@@ -98,8 +98,8 @@ struct TimestepEmbedding {
       : linear_1(proj_channels, embed_dim), linear_2(embed_dim, embed_dim), proj_dim(proj_channels),
         flip_sin_to_cos(flip), freq_shift(shift) {}
 
-  /// One timestep per batch item -> [B, embed_dim].
-  Tensor<T, Dev> operator()(const std::vector<T>& timesteps) const {
+  /// One timestep per batch item -> [B, embed_dim]. Timesteps are float whatever T is (see ops::timestep_embedding).
+  Tensor<T, Dev> operator()(const std::vector<float>& timesteps) const {
     auto emb = ops::timestep_embedding<T, Dev>(timesteps, proj_dim, flip_sin_to_cos, freq_shift);
     auto h = linear_1(emb);
     ops::activate_(h, ops::Activation::SiLU);

@@ -11,35 +11,41 @@ namespace adabldm::ops {
 
 /// timesteps[B] -> [B, dim]: half = dim/2, freq_i = exp(-ln(max_period) * i / (half - freq_shift)),
 /// emb = [sin(t*freq), cos(t*freq)], swapped to [cos, sin] when flip_sin_to_cos; a zero column pads an odd dim.
-/// Computed in T with the same operation order as diffusers (so float32 matches it bit for bit or nearly).
+/// Computed in float32 whatever T is, with the same operation order as diffusers (which embeds the exact
+/// timesteps in float32 and casts the result to the model's dtype), then rounded once to T: the timesteps stay
+/// float, since bfloat16 cannot hold 999 (it rounds to 1000) and half arguments t * freq lose 9 bits near 1000.
 template <class T>
-Tensor<T, Cpu> timestep_embedding(const std::vector<T>& timesteps, int64_t dim, bool flip_sin_to_cos,
+Tensor<T, Cpu> timestep_embedding(const std::vector<float>& timesteps, int64_t dim, bool flip_sin_to_cos,
                                   double freq_shift, double max_period = 10000.0, double scale = 1.0) {
+  if constexpr (!std::is_same_v<T, float>) {
+    return timestep_embedding<float>(timesteps, dim, flip_sin_to_cos, freq_shift, max_period, scale).template to<T>();
+  } else {
   check<ShapeError>(dim >= 2, "timestep_embedding: dim must be >= 2, got ", dim);
   const int64_t half = dim / 2, B = static_cast<int64_t>(timesteps.size());
   check<ShapeError>(static_cast<double>(half) != freq_shift, "timestep_embedding: half dim equals freq_shift");
-  std::vector<T> freq(static_cast<std::size_t>(half));
+  std::vector<float> freq(static_cast<std::size_t>(half));
   for (int64_t i = 0; i < half; ++i) {
-    const T exponent = static_cast<T>(-std::log(max_period)) * static_cast<T>(i);
-    freq[static_cast<std::size_t>(i)] = std::exp(exponent / static_cast<T>(static_cast<double>(half) - freq_shift));
+    const float exponent = static_cast<float>(-std::log(max_period)) * static_cast<float>(i);
+    freq[static_cast<std::size_t>(i)] = std::exp(exponent / static_cast<float>(static_cast<double>(half) - freq_shift));
   }
-  auto out = Tensor<T, Cpu>::zeros({B, dim});
+  auto out = Tensor<float, Cpu>::zeros({B, dim});
   for (int64_t b = 0; b < B; ++b) {
-    T* row = out.data() + b * dim;
+    float* row = out.data() + b * dim;
     for (int64_t i = 0; i < half; ++i) {
-      const T arg = static_cast<T>(scale) * (timesteps[static_cast<std::size_t>(b)] * freq[static_cast<std::size_t>(i)]);
-      const T s = std::sin(arg), c = std::cos(arg);
+      const float arg = static_cast<float>(scale) * (timesteps[static_cast<std::size_t>(b)] * freq[static_cast<std::size_t>(i)]);
+      const float s = std::sin(arg), c = std::cos(arg);
       row[i] = flip_sin_to_cos ? c : s;
       row[half + i] = flip_sin_to_cos ? s : c;
     }
   }
   return out;
+  }
 }
 
 /// timestep_embedding<T, Dev>(...): the same on the device Dev (the models call this form). The CPU's is the op
 /// above; CUDA's computes the same values and uploads them (adabldm/ops/cuda/embedding.cuh).
 template <class T, class Dev, std::enable_if_t<std::is_same_v<Dev, Cpu>, int> = 0>
-Tensor<T, Cpu> timestep_embedding(const std::vector<T>& timesteps, int64_t dim, bool flip_sin_to_cos,
+Tensor<T, Cpu> timestep_embedding(const std::vector<float>& timesteps, int64_t dim, bool flip_sin_to_cos,
                                   double freq_shift, double max_period = 10000.0, double scale = 1.0) {
   return timestep_embedding<T>(timesteps, dim, flip_sin_to_cos, freq_shift, max_period, scale);
 }

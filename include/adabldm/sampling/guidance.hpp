@@ -56,7 +56,7 @@ struct ConditionedUNet {
   Tensor<float> operator()(const Tensor<float>& z, int64_t t) const {
     check(unet != nullptr, "ConditionedUNet: no UNet");
     ++calls;
-    const std::vector<T> ts{static_cast<T>(static_cast<float>(t))};
+    const std::vector<float> ts{static_cast<float>(t)};  // (float for every T: see ops::timestep_embedding)
     const Inputs& in = inputs();
     const auto zd = upload_as<T, Dev>(z);
     if (!guidance.enabled()) return download_as<float>(predict(zd, ts, in.ctx, in.cn_ctx, in.hint));
@@ -109,7 +109,7 @@ struct ConditionedUNet {
   }
   mutable std::shared_ptr<const Inputs> inputs_;
 
-  Tensor<T, Dev> predict(const Tensor<T, Dev>& x, const std::vector<T>& ts, const Tensor<T, Dev>& ctx,
+  Tensor<T, Dev> predict(const Tensor<T, Dev>& x, const std::vector<float>& ts, const Tensor<T, Dev>& ctx,
                          const Tensor<T, Dev>& cn_ctx, const Tensor<T, Dev>& hint) const {
     if (!controlnet) return (*unet)(x, ts, ctx);
     const auto residuals = (*controlnet)(x, ts, cn_ctx, hint, static_cast<T>(control_scale));

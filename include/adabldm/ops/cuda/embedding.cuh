@@ -75,19 +75,14 @@ Tensor<T, Cuda> embedding(const Tensor<T, Cuda>& table, const std::vector<int64_
   return out;
 }
 
-/// timestep_embedding<T, Cuda>(...): the CPU op's values (see ops/embedding.hpp) as a device tensor [B, dim]. A
-/// 16-bit T is computed in float and rounded once.
+/// timestep_embedding<T, Cuda>(...): the CPU op's values (see ops/embedding.hpp: float32, rounded once to T) as a
+/// device tensor [B, dim].
 template <class T, class Dev, std::enable_if_t<std::is_same_v<Dev, Cuda>, int> = 0>
-Tensor<T, Cuda> timestep_embedding(const std::vector<T>& timesteps, int64_t dim, bool flip_sin_to_cos,
+Tensor<T, Cuda> timestep_embedding(const std::vector<float>& timesteps, int64_t dim, bool flip_sin_to_cos,
                                    double freq_shift, double max_period = 10000.0, double scale = 1.0) {
-  if constexpr (std::is_same_v<T, float>) {
-    return cuda::to_device(timestep_embedding<float>(timesteps, dim, flip_sin_to_cos, freq_shift, max_period, scale));
-  } else {
-    std::vector<float> t(timesteps.size());
-    for (std::size_t i = 0; i < t.size(); ++i) t[i] = static_cast<float>(timesteps[i]);
-    return cuda::convert<T>(
-        cuda::to_device(timestep_embedding<float>(t, dim, flip_sin_to_cos, freq_shift, max_period, scale)));
-  }
+  const auto emb = cuda::to_device(timestep_embedding<float>(timesteps, dim, flip_sin_to_cos, freq_shift, max_period, scale));
+  if constexpr (std::is_same_v<T, float>) return emb;
+  else return cuda::convert<T>(emb);
 }
 
 }  // namespace adabldm::ops
