@@ -2,6 +2,7 @@
 // background is closer to the OK image (PSNR up) while the defect stays close to the unadapted decode; and
 // the KL decoder path (post_quant_conv frozen, original decoder untouched) on the tiny VAE.
 #include "golden.hpp"
+#include "kl_adaptation_case.hpp"
 
 #include <cmath>
 
@@ -68,14 +69,7 @@ TEST_CASE("TAESD decoder adaptation raises the background PSNR and keeps the def
 }
 
 TEST_CASE("KL decoder adaptation: loss falls, original decoder untouched, zero steps = plain decode") {
-  models::AutoencoderKL<float> vae(models::AutoencoderKLConfig::from_json(golden::config("vae_kl/config.json")));
-  nn::load_state_dict(vae, io::SafeTensors::open(golden::path("vae_kl/model.safetensors")).state_dict());
-  Rng rng(2);
-  const auto ok = io::SafeTensors::open(golden::path("vae_kl/io.safetensors")).get<float>("image");
-  const auto latent = ops::add(vae.encode_scaled(ok), rng.normal({1, 4, 8, 8}, 0.0, 0.05));
-  auto mask = Tensor<float>::zeros({1, 1, 64, 64});
-  for (int y = 20; y < 36; ++y)
-    for (int x = 24; x < 40; ++x) mask.at({0, 0, y, x}) = 1.0f;
+  auto [vae, ok, latent, mask] = kl_adaptation_case();
   const auto before = vae.decode_scaled(latent);
   defect::AdaptationOptions opt;
   opt.steps = 15;
@@ -94,15 +88,8 @@ TEST_CASE("mixed-precision adaptation: compute copy in a narrower type, master w
   // On a GPU the compute type is bfloat16 and the master float; on the CPU the same code runs with a double
   // master and a float compute copy, which must follow the all-double adaptation to float precision and differ
   // from it (the copy really computes in float).
-  models::AutoencoderKL<float> vae_f(models::AutoencoderKLConfig::from_json(golden::config("vae_kl/config.json")));
-  nn::load_state_dict(vae_f, io::SafeTensors::open(golden::path("vae_kl/model.safetensors")).state_dict());
+  const auto [vae_f, ok, latent, mask] = kl_adaptation_case();
   auto vae = nn::convert<double, Cpu>(vae_f);
-  Rng rng(2);
-  const auto ok = io::SafeTensors::open(golden::path("vae_kl/io.safetensors")).get<float>("image");
-  const auto latent = ops::add(vae_f.encode_scaled(ok), rng.normal({1, 4, 8, 8}, 0.0, 0.05));
-  auto mask = Tensor<float>::zeros({1, 1, 64, 64});
-  for (int y = 20; y < 36; ++y)
-    for (int x = 24; x < 40; ++x) mask.at({0, 0, y, x}) = 1.0f;
   defect::AdaptationOptions opt;
   opt.steps = 10;
   opt.lr = 1e-3;

@@ -5,6 +5,7 @@
 #include "cuda_test_util.cuh"
 // (cuda_test_util.cuh includes adabldm/cuda.cuh first: the model headers must come after it.)
 #include "../golden.hpp"
+#include "../kl_adaptation_case.hpp"
 
 #include "adabldm/defect/pipeline.hpp"
 #include "adabldm/defect/training.hpp"
@@ -99,15 +100,8 @@ CUDA_TEST_CASE("the AdaBLDM pipeline on the device equals the CPU's (float32; ha
 
 CUDA_TEST_CASE("decoder adaptation on the device equals the CPU's") {
   ADABLDM_REQUIRE_CUDA();
-  models::AutoencoderKL<float> vae(models::AutoencoderKLConfig::from_json(golden::config("vae_kl/config.json")));
-  nn::load_state_dict(vae, io::SafeTensors::open(golden::path("vae_kl/model.safetensors")).state_dict());
+  auto [vae, ok, latent, mask] = kl_adaptation_case();
   const auto vae_gpu = nn::convert<float, Cuda>(vae);
-  Rng rng(2);
-  const auto ok = io::SafeTensors::open(golden::path("vae_kl/io.safetensors")).get<float>("image");
-  const auto latent = ops::add(vae.encode_scaled(ok), rng.normal({1, 4, 8, 8}, 0.0, 0.05));
-  auto mask = Tensor<float>::zeros({1, 1, 64, 64});
-  for (int y = 20; y < 36; ++y)
-    for (int x = 24; x < 40; ++x) mask.at({0, 0, y, x}) = 1.0f;
   defect::AdaptationOptions opt;
   opt.steps = 15;
   opt.lr = 1e-3;
