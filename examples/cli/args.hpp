@@ -1,6 +1,7 @@
 #pragma once
 // A small command-line parser for the adabldm tool: `--name value`, `--flag`, and positional arguments.
 // Unknown options are errors that name the option, so typos never pass silently.
+#include <cmath>
 #include <map>
 #include <set>
 #include <string>
@@ -55,6 +56,7 @@ class Args {
     adabldm::check(has(name), "missing required option --", name);
     return values_.at(name);
   }
+  /// A finite number (nan and inf are refused: they would pass every range check silently).
   double number(const std::string& name, double fallback) const {
     if (!has(name)) return fallback;
     const std::string& s = values_.at(name);
@@ -66,12 +68,30 @@ class Args {
       used = 0;
     }
     adabldm::check(used == s.size() && !s.empty(), "option --", name, ": \"", s, "\" is not a number");
+    adabldm::check(std::isfinite(v), "option --", name, ": \"", s, "\" is not a finite number");
     return v;
   }
   long integer(const std::string& name, long fallback) const {
     const double v = number(name, static_cast<double>(fallback));
-    adabldm::check(v == static_cast<double>(static_cast<long>(v)), "option --", name, ": expected an integer");
+    adabldm::check(std::fabs(v) < 9e15 && v == std::floor(v), "option --", name, ": \"", get(name), "\" is not an integer");
     return static_cast<long>(v);
+  }
+  /// number() within [lo, hi]; the message names the option, the value and the range.
+  double number_in(const std::string& name, double fallback, double lo, double hi) const {
+    const double v = number(name, fallback);
+    adabldm::check(v >= lo && v <= hi, "option --", name, " ", get(name), ": must be in [", lo, ", ", hi, "]");
+    return v;
+  }
+  long integer_in(const std::string& name, long fallback, long lo, long hi) const {
+    const long v = integer(name, fallback);
+    adabldm::check(v >= lo && v <= hi, "option --", name, " ", get(name), ": must be in [", lo, ", ", hi, "]");
+    return v;
+  }
+  /// A non-empty value (names for prompts, paths).
+  std::string require_nonempty(const std::string& name) const {
+    const std::string v = require(name);
+    adabldm::check(!v.empty(), "option --", name, " must not be empty");
+    return v;
   }
   const std::vector<std::string>& positional() const { return positional_; }
 

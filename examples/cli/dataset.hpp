@@ -30,6 +30,19 @@ inline std::vector<fs::path> list_images(const std::string& dir, const char* wha
   return out;
 }
 
+/// Decodes every image once, before any work starts: a truncated or corrupt file is refused up front with one
+/// line naming it (never after samples were written). `what` is the option (e.g. "ok").
+inline void check_images_decode(const std::vector<fs::path>& files, const char* what) {
+  for (const auto& f : files) {
+    try {
+      const auto img = adabldm::read_image_u8(f.string());
+      adabldm::check<adabldm::IoError>(img.width > 0 && img.height > 0, f.string(), ": empty image");
+    } catch (const adabldm::Error& e) {
+      throw adabldm::IoError(std::string("--") + what + ": " + e.what());
+    }
+  }
+}
+
 /// The mask of NG image `img` in `masks`: the same file name, or the same stem (+ "_mask") with any extension.
 inline fs::path find_mask(const fs::path& img, const std::string& masks) {
   const std::string stem = img.stem().string();

@@ -5,6 +5,7 @@
 // generate_on<T, Dev> runs the command with the networks in storage type T on device Dev; generate.cpp
 // instantiates it for the CPU, cuda_commands.cu for CUDA.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -26,6 +27,7 @@
 #include "device.hpp"
 #include "dataset.hpp"
 #include "progress.hpp"
+#include "shard.hpp"
 
 namespace cli {
 
@@ -45,18 +47,21 @@ inline const char* kUsage =
     "  -n N                    number of samples (indices 0 .. N-1)\n"
     "  --out DIR               output folder (images/, masks/, manifest.jsonl; shared by shards)\n"
     "  --seed S                run seed (default 0)\n"
-    "  --shard i/n             generate the indices i, i+n, i+2n, ... (0 <= i < n)\n"
+    "  --shard i/n             generate the indices i, i+n, i+2n, ... (0 <= i < n); auto or auto/n: i (and n)\n"
+    "                          from a Kubernetes Indexed Job (JOB_COMPLETION_INDEX, give n) or a Slurm array\n"
     "  --preset P              official (default) | corrected | bld\n"
     "  --steps N               DDIM steps (default 50)\n"
     "  --guidance G            classifier-free guidance (default 9)\n"
     "  --size PX               working size; images and masks are resized to PX x PX (default 256)\n"
     "  --foreground F          all (default: textures) | auto (unsupervised, from the OK images) | DIR of masks\n"
     "                          named like the OK images\n"
+    "  --min-fit-scale S       smallest scale a defect that does not fit is shrunk to (default 0.25); below it\n"
+    "                          another real mask is used (docs/method.md)\n"
     "  --translate-only        place real masks translated only (the official inference); default: also rotate\n"
     "                          by U[0, 360) and scale by U[0.85, 1.15] (the paper)\n"
     "  --no-adapt              decode with the plain decoder\n"
     "  --adapt-steps N         online decoder adaptation steps (default 200)\n"
-    "  --resume                skip samples already written completely\n"
+    "  --resume                skip samples already written completely (failed ones are retried)\n"
     "  --device cpu|cuda       where the networks run (default cpu; cuda needs a build with the CUDA backend)\n"
     "  --dtype f32|f16         storage of the UNet and trimap encoder (cpu: f32; cuda: default f16); the VAE\n"
     "                          and the decoder adaptation run in f32\n"
@@ -99,116 +104,161 @@ inline Args generate_args(int argc, char** argv) {
   return Args(argc, argv, 2,
               {"model", "trimap-encoder", "config", "ok", "ng", "masks", "object", "defect", "prompt-template", "n",
                "out", "seed", "shard", "preset", "steps", "guidance", "size", "foreground", "adapt-steps", "device",
-               "dtype", "adapt-dtype"},
+               "dtype", "adapt-dtype", "min-fit-scale"},
               {"help", "no-adapt", "resume", "quiet", "translate-only", "tf32"});
+}
+
+/// No NaN or Inf anywhere in t.
+inline bool all_finite(const adabldm::Tensor<float>& t) {
+  const auto c = t.contiguous();
+  for (int64_t i = 0; i < c.numel(); ++i)
+    if (!std::isfinite(c.data()[i])) return false;
+  return true;
+}
+
+/// Every argument of generate, checked before any file is read or written.
+struct GenerateSettings {
+  int64_t n = 0;
+  uint64_t seed = 0;
+  Shard shard;
+  adabldm::PipelineOptions pipeline;
+  std::string object, defect, out, foreground;
+  bool resume = false, quiet = false;
+};
+
+inline GenerateSettings generate_settings(const Args& args) {
+  using namespace adabldm;
+  GenerateSettings g;
+  const std::string adapt_dtype = args.get("adapt-dtype", "f32");
+  check(adapt_dtype == "f32" || adapt_dtype == "bf16", "--adapt-dtype ", adapt_dtype, ": expected f32 or bf16");
+  check(args.has("n"), "-n must be given (the number of samples)");
+  g.n = args.integer_in("n", -1, 1, 1000000000);
+  g.seed = static_cast<uint64_t>(args.integer_in("seed", 0, 0, 9007199254740991L));
+  if (args.has("shard")) g.shard = parse_shard(args.get("shard"));
+  auto& o = g.pipeline;
+  o.preset = sampling::parse_preset(args.get("preset", "official"));
+  check(o.preset != sampling::Preset::None, "--preset none is not a defect-generation preset (use adabldm sample)");
+  o.steps = static_cast<int>(args.integer_in("steps", 50, 2, 1000));
+  o.guidance = args.number_in("guidance", 9.0, 0.0, 100.0);
+  o.size = static_cast<int>(args.integer_in("size", 256, 8, 4096));
+  check(o.size % 8 == 0, "option --size ", o.size, ": must be a multiple of 8 (the autoencoder's downscale)");
+  if (args.has("prompt-template")) o.prompt_template = args.get("prompt-template");
+  o.synthesis.rotate_and_scale = !args.flag("translate-only");
+  o.synthesis.min_fit_scale = args.number_in("min-fit-scale", 0.25, 0.01, 1.0);
+  o.adapt = !args.flag("no-adapt");
+  o.adapt_in_bf16 = adapt_dtype == "bf16";
+  o.adaptation.steps = static_cast<int>(args.integer_in("adapt-steps", 200, 0, 100000));
+  g.object = args.require_nonempty("object");
+  g.defect = args.require_nonempty("defect");
+  g.out = args.require_nonempty("out");
+  check<IoError>(!fs::exists(g.out) || fs::is_directory(g.out), "--out ", g.out, ": exists and is not a folder");
+  g.foreground = args.get("foreground", "all");
+  check<IoError>(g.foreground == "all" || g.foreground == "auto" || fs::is_directory(g.foreground), "--foreground ",
+                 g.foreground, ": not all, auto or a folder");
+  g.resume = args.flag("resume");
+  g.quiet = args.flag("quiet");
+  return g;
 }
 
 template <class T, class Dev>
 int generate_on(const Args& args) {
   using namespace adabldm;
   using namespace generate_detail;
-  const std::string adapt_dtype = args.get("adapt-dtype", "f32");
-  check(adapt_dtype == "f32" || adapt_dtype == "bf16", "--adapt-dtype ", adapt_dtype, ": expected f32 or bf16");
-  check(adapt_dtype == "f32" || !std::is_same_v<Dev, Cpu>, "--adapt-dtype bf16 needs --device cuda");
-  const int64_t n = args.integer("n", -1);
-  check(n >= 1, "-n must be given and >= 1");
-  const uint64_t seed = static_cast<uint64_t>(args.integer("seed", 0));
-  int64_t shard = 0, shards = 1;
-  if (args.has("shard")) {
-    const std::string s = args.get("shard");
-    const auto slash = s.find('/');
-    try {
-      check(slash != std::string::npos, "");
-      shard = std::stoll(s.substr(0, slash));
-      shards = std::stoll(s.substr(slash + 1));
-    } catch (...) {
-      throw Error("--shard must be i/n, got \"" + s + "\"");
-    }
-    check(shards >= 1 && shard >= 0 && shard < shards, "--shard ", s, ": need 0 <= i < n");
-  }
-  const bool quiet = args.flag("quiet");
-  Progress progress(1, quiet);
+  GenerateSettings g = generate_settings(args);
+  check(!g.pipeline.adapt_in_bf16 || !std::is_same_v<Dev, Cpu>, "--adapt-dtype bf16 needs --device cuda");
+  Progress progress(1, g.quiet);
 
-  // Inputs: every file is checked before the model is loaded, so bad input fails fast.
+  // Inputs: every file is read (decoded) before the model is loaded, so bad input fails fast, with no output.
   const auto ok_files = list_images(args.require("ok"), "ok");
+  progress.note("checking " + std::to_string(ok_files.size()) + " OK images");
+  check_images_decode(ok_files, "ok");
   const auto ng_files = list_images(args.require("ng"), "ng");
   const auto defects = read_defects(ng_files, args.require("masks"));
-  const std::string out = args.require("out");
-  fs::create_directories(fs::path(out) / "images");
-  fs::create_directories(fs::path(out) / "masks");
+  const std::string& fg_mode = g.foreground;
+  std::vector<fs::path> fg_files;
+  if (fg_mode != "all" && fg_mode != "auto") {
+    for (const auto& f : ok_files) {
+      fs::path p;
+      for (const char* ext : {".png", ".bmp", ".jpg"})
+        if (fs::exists(fs::path(fg_mode) / (f.stem().string() + ext))) p = fs::path(fg_mode) / (f.stem().string() + ext);
+      check<IoError>(!p.empty(), "--foreground ", fg_mode, ": no mask for ", f.filename().string());
+      fg_files.push_back(p);
+    }
+    check_images_decode(fg_files, "foreground");
+  }
 
   const models::LoadOptions opt{models::ConfigOverrides::from_file(args.get("config")), ""};
   progress.note("loading " + args.require("model"));
   auto pipe = Pipeline<T, Dev>::load(args.get("model"), args.get("trimap-encoder"), opt);
   auto& o = pipe.options();
-  o.preset = sampling::parse_preset(args.get("preset", "official"));
-  check(o.preset != sampling::Preset::None, "--preset none is not a defect-generation preset (use adabldm sample)");
-  o.steps = static_cast<int>(args.integer("steps", 50));
-  o.guidance = args.number("guidance", 9.0);
-  o.size = static_cast<int>(args.integer("size", 256));
-  check(o.steps >= 2, "--steps must be >= 2");
-  if (args.has("prompt-template")) o.prompt_template = args.get("prompt-template");
-  o.synthesis.rotate_and_scale = !args.flag("translate-only");
-  o.adapt = !args.flag("no-adapt");
-  o.adapt_in_bf16 = adapt_dtype == "bf16";
-  o.adaptation.steps = static_cast<int>(args.integer("adapt-steps", 200));
-  check(o.adaptation.steps >= 0, "--adapt-steps must be >= 0");
+  o = g.pipeline;
+  check(o.size % pipe.vae().downscale() == 0, "option --size ", o.size, ": must be a multiple of ",
+        pipe.vae().downscale(), " (this model's autoencoder downscale)");
 
   // Foreground per OK image.
-  const std::string fg_mode = args.get("foreground", "all");
   std::vector<Tensor<float>> foregrounds(ok_files.size());
   if (fg_mode == "auto") {
     progress.note("fitting the foreground predictor on " + std::to_string(ok_files.size()) + " OK images");
     std::vector<Tensor<float>> feats;
     for (const auto& f : ok_files) feats.push_back(pipe.features(pipe.prepare_image(read_image(f.string()))));
-    Rng rng(derive_seed(seed, 0xF0F0));
+    Rng rng(derive_seed(g.seed, 0xF0F0));
     const auto predictor = defect::ForegroundPredictor::fit(feats, rng);
     for (std::size_t i = 0; i < ok_files.size(); ++i)
       foregrounds[i] = defect::ForegroundPredictor::binarise(predictor.predict(feats[i]), o.size, o.size);
-  } else if (fg_mode != "all") {
-    check<IoError>(fs::is_directory(fg_mode), "--foreground ", fg_mode, ": not all, auto or a folder");
-    for (std::size_t i = 0; i < ok_files.size(); ++i) {
-      const auto stem = ok_files[i].stem().string();
-      fs::path p;
-      for (const char* ext : {".png", ".bmp", ".jpg"})
-        if (fs::exists(fs::path(fg_mode) / (stem + ext))) p = fs::path(fg_mode) / (stem + ext);
-      check<IoError>(!p.empty(), "--foreground ", fg_mode, ": no mask for ", ok_files[i].filename().string());
-      foregrounds[i] = defect::read_foreground_mask(p.string(), o.size);
-    }
+  } else {
+    for (std::size_t i = 0; i < fg_files.size(); ++i) foregrounds[i] = defect::read_foreground_mask(fg_files[i].string(), o.size);
   }
 
+  // Outputs: created only now that everything is checked.
+  const std::string& out = g.out;
+  try {
+    fs::create_directories(fs::path(out) / "images");
+    fs::create_directories(fs::path(out) / "masks");
+  } catch (const fs::filesystem_error& e) {
+    throw IoError("--out " + out + ": cannot create the output folders (" + e.code().message() + ")");
+  }
   std::vector<int64_t> todo;
   const auto manifest = fs::path(out) / "manifest.jsonl";
-  const auto done = args.flag("resume") ? manifest_indices(manifest) : std::set<int64_t>{};
-  for (int64_t i = shard; i < n; i += shards) {
+  const auto failures = fs::path(out) / "failures.jsonl";
+  const auto done = g.resume ? manifest_indices(manifest) : std::set<int64_t>{};
+  for (int64_t i = g.shard.index; i < g.n; i += g.shard.count) {
     const auto img = fs::path(out) / "images" / (index_name(i) + ".png");
     const auto msk = fs::path(out) / "masks" / (index_name(i) + ".png");
-    if (args.flag("resume") && done.count(i) && fs::exists(img) && fs::exists(msk)) continue;
+    if (g.resume && done.count(i) && fs::exists(img) && fs::exists(msk)) continue;
     todo.push_back(i);
   }
   const int per_sample = o.steps + (o.adapt ? o.adaptation.steps : 0);
-  Progress run(static_cast<int>(todo.size()) * per_sample, quiet);
-  int64_t finished = 0;
+  Progress run(static_cast<int>(todo.size()) * per_sample, g.quiet);
+  int64_t finished = 0, failed = 0;
   for (const int64_t i : todo) {
-    const uint64_t s = derive_seed(seed, static_cast<uint64_t>(i));
+    const uint64_t s = derive_seed(g.seed, static_cast<uint64_t>(i));
     Rng pick(derive_seed(s, 1));
     const auto ok_index = static_cast<std::size_t>(pick.uniform_int(0, static_cast<int64_t>(ok_files.size()) - 1));
-    DefectJob job;
-    job.ok = read_image(ok_files[ok_index].string());
-    job.defects = defects;
-    job.object = args.require("object");
-    job.defect = args.require("defect");
-    job.seed = s;
-    job.foreground = foregrounds[ok_index];
     DefectSample sample;
     try {
+      DefectJob job;
+      job.ok = read_image(ok_files[ok_index].string());
+      job.defects = defects;
+      job.object = g.object;
+      job.defect = g.defect;
+      job.seed = s;
+      job.foreground = foregrounds[ok_index];
       sample = pipe.generate(job, [&](const char* phase, int step, int steps) {
         const int offset = std::string(phase) == "adaptation" ? o.steps : 0;
-        run.update(static_cast<double>(finished * per_sample + offset + step),
+        run.update(static_cast<double>((finished + failed) * per_sample + offset + step),
                    "sample " + index_name(i) + " " + phase + " " + std::to_string(step) + "/" + std::to_string(steps));
       });
-    } catch (const Error& e) {
-      throw Error("sample " + index_name(i) + " (OK image " + ok_files[ok_index].string() + "): " + e.what());
+      check(all_finite(sample.image), "the generated image has non-finite values (NaN or Inf): the model diverged");
+    } catch (const IoError&) {
+      throw;  // the disk or the inputs changed under the run: every later sample would fail the same way
+    } catch (const std::exception& e) {
+      // One sample, not the run: recorded with its reason, retried by --resume (it is not in the manifest).
+      ++failed;
+      const nlohmann::json line = {{"index", i}, {"seed", s}, {"ok_source", ok_files[ok_index].string()},
+                                   {"reason", e.what()}};
+      append_line(failures, line.dump());
+      run.warn("sample " + index_name(i) + " failed (" + e.what() + "); recorded in failures.jsonl, continuing");
+      continue;
     }
     const std::string img = "images/" + index_name(i) + ".png", msk = "masks/" + index_name(i) + ".png";
     write_image((fs::path(out) / img).string(), sample.image);  // each written to a temporary name, then renamed
@@ -220,7 +270,9 @@ int generate_on(const Args& args) {
                            {"mask", msk},
                            {"ok_source", ok_files[ok_index].string()},
                            {"mask_source", p.mask_source},
-                           {"placement", {{"y0", p.y0}, {"x0", p.x0}, {"h", p.h}, {"w", p.w}, {"angle_deg", p.angle_deg}, {"scale", p.scale}}},
+                           {"placement", {{"y0", p.y0}, {"x0", p.x0}, {"h", p.h}, {"w", p.w}, {"angle_deg", p.angle_deg},
+                                          {"scale", p.scale}, {"draws", p.draws}, {"shrunk", p.shrunk},
+                                          {"skipped", p.skipped}}},
                            {"prompt", sample.prompt},
                            {"preset", sampling::preset_name(o.preset)},
                            {"steps", o.steps},
@@ -233,8 +285,13 @@ int generate_on(const Args& args) {
     append_line(manifest, line.dump());
     ++finished;
   }
-  run.finish("generated " + std::to_string(todo.size()) + " samples into " + out);
-  return 0;
+  if (failed == 0) {
+    run.finish("generated " + std::to_string(finished) + " samples into " + out);
+    return 0;
+  }
+  run.warn("generated " + std::to_string(finished) + " samples into " + out + "; " + std::to_string(failed) + " of " +
+           std::to_string(todo.size()) + " failed (see " + failures.string() + "; --resume retries them)");
+  return kExitSomeSamplesFailed;
 }
 
 }  // namespace cli

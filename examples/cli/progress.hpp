@@ -25,6 +25,11 @@ class Progress {
     const double elapsed = std::chrono::duration<double>(clock::now() - start_).count();
     std::fprintf(stderr, "%s%s in %s\n", tty_ ? "\r" : "", what.c_str(), format(elapsed).c_str());
   }
+  /// A warning: printed even with --quiet (a failed sample, a skipped step), never overwritten.
+  void warn(const std::string& msg) {
+    std::fprintf(stderr, "%swarning: %s\n", tty_ && !quiet_ ? "\r" : "", msg.c_str());
+    std::fflush(stderr);
+  }
   /// A message that must not be overwritten.
   void note(const std::string& msg) {
     if (!quiet_) std::fprintf(stderr, "%s%s\n", tty_ ? "\r" : "", msg.c_str());

@@ -67,24 +67,33 @@ template <class T, class Dev>
 int sample_on(const Args& args) {
   using namespace adabldm;
   using namespace sample_detail;
-  const std::string out = args.require("out");
+  // Arguments first, all of them, before any file is read.
+  const std::string out = args.require_nonempty("out");
+  check<IoError>(!std::filesystem::is_directory(out), "--out ", out, ": is a folder; give the image's file name");
+  sampling::TextToImageRequest req;
+  req.prompt = args.require("prompt");
+  req.negative_prompt = args.get("negative", "");
+  check(args.has("steps"), "--steps must be given (the number of DDIM steps)");
+  req.steps = static_cast<int>(args.integer_in("steps", 0, 1, 1000));
+  req.guidance = args.number_in("guidance", 7.5, 0.0, 100.0);
+  req.eta = args.number_in("eta", 0.0, 0.0, 1.0);
+  req.control_scale = static_cast<float>(args.number_in("control-scale", 1.0, -100.0, 100.0));
+  const uint64_t seed = static_cast<uint64_t>(args.integer_in("seed", 0, 0, 9007199254740991L));
+  const std::string ctx = args.get("control-context", "prompt");
+  check(ctx == "prompt" || ctx == "empty", "--control-context must be prompt or empty, got \"", ctx, "\"");
+  req.control_context = ctx == "prompt" ? sampling::ControlContext::Prompt : sampling::ControlContext::Empty;
+  if (args.has("size")) {
+    const long size = args.integer_in("size", 0, 8, 4096);
+    check(size % 8 == 0, "option --size ", size, ": must be a multiple of 8 (the autoencoder's downscale)");
+  }
+  for (const char* file : {"control", "latents-in"})
+    if (args.has(file)) check<IoError>(std::filesystem::is_regular_file(args.get(file)), "--", file, " ", args.get(file), ": no such file");
+
   const models::LoadOptions opt{models::ConfigOverrides::from_file(args.get("config")), ""};
   auto sd = models::StableDiffusion::load(args.require("model"), opt);
   std::optional<models::ControlNetModel<float>> own;
   if (args.has("trimap-encoder")) own = models::load_controlnet(models::ModelSource(args.get("trimap-encoder"), opt));
   const models::ControlNetModel<float>* cn = own ? &*own : (sd.controlnet ? &*sd.controlnet : nullptr);
-
-  sampling::TextToImageRequest req;
-  req.prompt = args.require("prompt");
-  req.negative_prompt = args.get("negative", "");
-  req.steps = static_cast<int>(args.integer("steps", 0));
-  check(req.steps >= 1, "--steps must be given and >= 1");
-  req.guidance = args.number("guidance", 7.5);
-  req.eta = args.number("eta", 0.0);
-  req.control_scale = static_cast<float>(args.number("control-scale", 1.0));
-  const std::string ctx = args.get("control-context", "prompt");
-  check(ctx == "prompt" || ctx == "empty", "--control-context must be prompt or empty, got \"", ctx, "\"");
-  req.control_context = ctx == "prompt" ? sampling::ControlContext::Prompt : sampling::ControlContext::Empty;
   if (args.has("control")) {
     check(cn != nullptr, "--control given but there is no ControlNet: pass --trimap-encoder or a pipeline with controlnet/");
     req.control = read_control(args.get("control"), cn->config.conditioning_channels);
@@ -97,12 +106,13 @@ int sample_on(const Args& args) {
   }
   const int64_t f = sd.vae_scale();
   const int64_t size = args.has("size") ? args.integer("size", 0) : sd.unet.config.sample_size * f;
+  check(size % f == 0, "option --size ", size, ": must be a multiple of ", f, " (this model's autoencoder downscale)");
   req.height = req.width = size;
   if (req.control.defined() && req.latents.defined())
     check<ShapeError>(req.control.dim(2) == req.latents.dim(2) * f && req.control.dim(3) == req.latents.dim(3) * f,
                       "the control image ", req.control.shape().str(), " does not match the latents ",
                       req.latents.shape().str(), " (x", f, ")");
-  Rng rng(static_cast<uint64_t>(args.integer("seed", 0)));
+  Rng rng(seed);
   Progress progress(req.steps, args.flag("quiet"));
   // The networks on the device (the CPU in float: the same modules).
   const auto unet = nn::convert<T, Dev>(sd.unet);

@@ -3,6 +3,7 @@
 // train_on<Dev> runs the command on device Dev (in float); train.cpp instantiates it for the CPU,
 // cuda_commands.cu for CUDA.
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -19,6 +20,7 @@
 namespace cli {
 
 namespace train_detail {
+constexpr int kMaxSkippedInARow = 20;  // non-finite losses in a row that mean divergence, not one bad draw
 inline const char* kUsage =
     "usage: adabldm train --model PATH --ok DIR --ng DIR --masks DIR --object NAME --defect NAME --steps N\n"
     "                     --out FILE [options]\n"
@@ -39,6 +41,7 @@ inline const char* kUsage =
     "  --log LOSS.csv          one row per step: step,loss,seconds\n"
     "  --size PX               training size (default 256)\n"
     "  --prompt-dropout P      fraction of empty prompts (the paper: 0.1; official code and default: 0)\n"
+    "  --min-fit-scale S       smallest scale a pasted defect that does not fit is shrunk to (default 0.25)\n"
     "  --anisotropic           the official code's anisotropic rescale of the pasted defects\n"
     "  --device cpu|cuda       where training runs, in f32 (default cpu; cuda needs a build with the CUDA backend)\n"
     "  --tf32                  cuda: allow TF32 tensor cores for f32 matrix products and convolutions\n"
@@ -48,40 +51,62 @@ inline const char* kUsage =
 inline Args train_args(int argc, char** argv) {
   return Args(argc, argv, 2,
               {"model", "config", "init", "ok", "ng", "masks", "object", "defect", "prompt-template", "steps", "out",
-               "batch", "accum", "lr", "seed", "save-every", "resume", "log", "size", "prompt-dropout", "device", "dtype"},
+               "batch", "accum", "lr", "seed", "save-every", "resume", "log", "size", "prompt-dropout", "device", "dtype",
+               "min-fit-scale"},
               {"help", "quiet", "anisotropic", "tf32"});
 }
 
 template <class Dev>
 int train_on(const Args& args) {
   using namespace adabldm;
-  const int64_t steps = args.integer("steps", -1);
-  check(steps >= 1, "--steps must be given and >= 1");
-  const std::string out = args.require("out");
-  const int size = static_cast<int>(args.integer("size", 256));
-  const int64_t save_every = args.integer("save-every", 0);
-  check(save_every >= 0, "--save-every must be >= 0");
+  using train_detail::kMaxSkippedInARow;
+  // Arguments first, all of them: nothing is read or written before they are checked.
+  check(args.has("steps"), "--steps must be given (the number of optimiser steps)");
+  const int64_t steps = args.integer_in("steps", -1, 1, 100000000);
+  const std::string out = args.require_nonempty("out");
+  check<IoError>(!std::filesystem::is_directory(out), "--out ", out, ": is a folder; give the checkpoint's file name");
+  const int size = static_cast<int>(args.integer_in("size", 256, 8, 4096));
+  check(size % 8 == 0, "option --size ", size, ": must be a multiple of 8 (the autoencoder's downscale)");
+  const int64_t save_every = args.integer_in("save-every", 0, 0, 100000000);
+  defect::TrainOptions topt;
+  topt.lr = args.number_in("lr", 1e-5, 1e-12, 1.0);
+  topt.batch = static_cast<int>(args.integer_in("batch", 1, 1, 1024));
+  topt.accum = static_cast<int>(args.integer_in("accum", 1, 1, 100000));
+  topt.seed = static_cast<uint64_t>(args.integer_in("seed", 0, 0, 9007199254740991L));
+  topt.prompt_dropout = args.number_in("prompt-dropout", 0.0, 0.0, 1.0);
+  topt.synthesis.official_anisotropic_scale = args.flag("anisotropic");
+  topt.synthesis.min_fit_scale = args.number_in("min-fit-scale", 0.25, 0.01, 1.0);
+  const std::string object = args.require_nonempty("object"), defect_name = args.require_nonempty("defect");
+  if (args.has("resume"))
+    check<IoError>(std::filesystem::is_regular_file(args.get("resume")), "--resume ", args.get("resume"), ": no such file");
 
-  // Data first: bad input fails before the model is loaded.
+  // Data next: bad input fails before the model is loaded.
   const auto ok_files = list_images(args.require("ok"), "ok");
   const auto defects = read_defects(list_images(args.require("ng"), "ng"), args.require("masks"));
   defect::TrainingSource data;
-  for (const auto& f : ok_files) data.ok_images.push_back(defect::resize_bilinear(read_image(f.string()), size, size));
+  for (const auto& f : ok_files) {
+    try {
+      data.ok_images.push_back(defect::resize_bilinear(read_image(f.string()), size, size));
+    } catch (const Error& e) {
+      throw IoError(std::string("--ok: ") + e.what());
+    }
+  }
   for (const auto& d : defects) {
     // Real defects keep their scale relative to the OK images: both are resized by the same factor.
     const double s = static_cast<double>(size) / std::max<int64_t>(d.image.dim(2), d.image.dim(3));
     const int h = std::max(1, static_cast<int>(std::lround(d.image.dim(2) * s))), w = std::max(1, static_cast<int>(std::lround(d.image.dim(3) * s)));
-    data.defects.push_back({defect::resize_bilinear(d.image, h, w), defect::resize_mask(d.mask, h, w), d.name});
+    data.defects.push_back({defect::resize_bilinear(d.image, h, w),
+                            defect::detail::binarise_keep_peak(defect::resize_bilinear(d.mask, h, w), 0.5f), d.name});
   }
-  data.prompt = fill_prompt(args.get("prompt-template", "a {object} with a {defect}"), args.require("object"),
-                            args.require("defect"));
+  data.prompt = fill_prompt(args.get("prompt-template", "a {object} with a {defect}"), object, defect_name);
 
   const bool quiet = args.flag("quiet");
   Progress note(1, quiet);
   note.note("loading " + args.require("model"));
   const models::LoadOptions opt{models::ConfigOverrides::from_file(args.get("config")), ""};
   const auto sd = models::StableDiffusion::load(args.get("model"), opt);
-  check(size % sd.vae_scale() == 0, "--size ", size, " must be a multiple of ", sd.vae_scale());
+  check(size % sd.vae_scale() == 0, "option --size ", size, ": must be a multiple of ", sd.vae_scale(),
+        " (this model's autoencoder downscale)");
   models::ControlNetModel<float> cn;
   if (args.has("init")) {
     cn = models::load_controlnet(models::ModelSource(args.get("init"), opt));
@@ -89,15 +114,6 @@ int train_on(const Args& args) {
     Rng rng(derive_seed(static_cast<uint64_t>(args.integer("seed", 0)), 0xC0DE));
     cn = models::ControlNetModel<float>::from_unet(sd.unet, 3, {16, 32, 96, 256}, rng);
   }
-  defect::TrainOptions topt;
-  topt.lr = args.number("lr", 1e-5);
-  topt.batch = static_cast<int>(args.integer("batch", 1));
-  topt.accum = static_cast<int>(args.integer("accum", 1));
-  topt.seed = static_cast<uint64_t>(args.integer("seed", 0));
-  topt.prompt_dropout = args.number("prompt-dropout", 0.0);
-  topt.synthesis.official_anisotropic_scale = args.flag("anisotropic");
-  check(topt.lr > 0 && topt.batch >= 1 && topt.accum >= 1 && topt.prompt_dropout >= 0 && topt.prompt_dropout <= 1,
-        "--lr must be > 0, --batch and --accum >= 1, --prompt-dropout in [0, 1]");
   auto cn_on_device = nn::convert<float, Dev>(cn);  // (the CPU: the same module)
   defect::TrimapEncoderTrainer<Dev> trainer(sd, cn_on_device, std::move(data), topt);
   if (args.has("resume")) {
@@ -114,12 +130,22 @@ int train_on(const Args& args) {
   Progress progress(static_cast<int>(steps - trainer.step()), quiet);
   const int64_t first = trainer.step();
   double ema = 0;
+  int64_t skipped = 0, skipped_in_a_row = 0;
   while (trainer.step() < steps) {
     const auto t0 = std::chrono::steady_clock::now();
     const double loss = trainer.train_step();
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    ema = trainer.step() - first == 1 ? loss : 0.95 * ema + 0.05 * loss;
     if (log.is_open()) log << trainer.step() << "," << loss << "," << secs << "\n" << std::flush;
+    if (!std::isfinite(loss)) {
+      // The trainer left the weights unchanged; one bad step must not end a long run, a diverged one must.
+      ++skipped;
+      progress.warn("step " + std::to_string(trainer.step()) + ": non-finite loss, the update was skipped");
+      check(++skipped_in_a_row < kMaxSkippedInARow, "training diverged: ", kMaxSkippedInARow,
+            " steps in a row had a non-finite loss; try a lower --lr (", out, " holds the last --save-every checkpoint, if any)");
+      continue;
+    }
+    skipped_in_a_row = 0;
+    ema = trainer.step() - first == 1 || ema == 0 ? loss : 0.95 * ema + 0.05 * loss;
     char what[128];
     std::snprintf(what, sizeof what, "step %lld/%lld loss %.5f (avg %.5f)", static_cast<long long>(trainer.step()),
                   static_cast<long long>(steps), loss, ema);
@@ -127,8 +153,13 @@ int train_on(const Args& args) {
     if (save_every > 0 && trainer.step() % save_every == 0 && trainer.step() < steps) trainer.save(out);
   }
   trainer.save(out);
-  progress.finish("trained " + std::to_string(steps - first) + " steps; wrote " + out);
-  return 0;
+  if (skipped == 0) {
+    progress.finish("trained " + std::to_string(steps - first) + " steps; wrote " + out);
+    return 0;
+  }
+  progress.warn("trained " + std::to_string(steps - first) + " steps, " + std::to_string(skipped) +
+                " of them skipped for a non-finite loss; wrote " + out);
+  return kExitSomeSamplesFailed;
 }
 
 }  // namespace cli

@@ -32,15 +32,15 @@ namespace detail {
 
 /// Checks a [1, C, H, W] host plane and returns it contiguous.
 inline Tensor<float, Cpu> plane_arg(const Tensor<float, Cpu>& t, const char* what) {
-  check<ShapeError>(t.rank() == 4 && t.dim(0) == 1 && t.numel() > 0, what, ": expected a non-empty [1, C, H, W] tensor, got ",
-                    t.shape().str());
+  if (!(t.rank() == 4 && t.dim(0) == 1 && t.numel() > 0))  // (the shape is printed only on failure)
+    throw ShapeError(adabldm::detail::concat(what, ": expected a non-empty [1, C, H, W] tensor, got ", t.shape().str()));
   return t.contiguous();
 }
 
 /// Checks a [1, 1, H, W] host mask and returns it contiguous.
 inline Tensor<float, Cpu> mask_arg(const Tensor<float, Cpu>& t, const char* what) {
-  check<ShapeError>(t.rank() == 4 && t.dim(0) == 1 && t.dim(1) == 1 && t.numel() > 0, what,
-                    ": expected a non-empty [1, 1, H, W] mask, got ", t.shape().str());
+  if (!(t.rank() == 4 && t.dim(0) == 1 && t.dim(1) == 1 && t.numel() > 0))
+    throw ShapeError(adabldm::detail::concat(what, ": expected a non-empty [1, 1, H, W] mask, got ", t.shape().str()));
   return t.contiguous();
 }
 

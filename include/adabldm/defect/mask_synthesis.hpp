@@ -9,8 +9,10 @@
 //     images (resize_mask to size x size), as the official code does before cropping.
 //   - Every random choice comes from the Rng, in a fixed order (mask index, angle, scale, then positions), so
 //     a sample is reproducible from Rng(derive_seed(seed, sample_index)).
-//   - Never hangs: placement is rejection sampling bounded by max_attempts, and the cases that provably
-//     cannot fit are reported at once. Failures throw adabldm::Error naming the mask and the reason.
+//   - Never fails on a defect that can fit at all, never hangs (docs/method.md, "When a defect does not fit"):
+//     bounded rejection sampling per draw, then an exact scan of the positions; up to max_affine_draws fresh
+//     (angle, scale) draws; then the largest scale that fits, down to min_fit_scale; then another real mask.
+//     Only when nothing fits: DefectDoesNotFit naming the masks and the reason.
 //
 // Differences from the official code (method §3, §9 #2), all deliberate:
 //   - rotation and scale are one bilinear resampling (official: two, which blurs thin cracks), about the
@@ -27,6 +29,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <numeric>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -47,12 +52,29 @@ struct MaskPlacement {
   double scale = 1.0;       // scale factor (1 in translate-only mode)
   int y0 = 0, x0 = 0;       // top-left corner of the placed patch in the output
   int h = 0, w = 0;         // patch size: the warped defect's bounding box
+  int draws = 1;            // (angle, scale) draws made; > 1 when earlier draws did not fit
+  bool shrunk = false;      // no draw fitted: scale is the largest below min_scale that does
+  std::vector<std::string> skipped;  // masks set aside first because they cannot fit this foreground at all
+};
+
+/// A real defect that cannot lie inside the foreground even at SynthesisOptions::min_fit_scale.
+class DefectDoesNotFit : public Error {
+ public:
+  using Error::Error;
+};
+
+/// A warp that lost every defect pixel (only at very small scales of a thin defect).
+class DefectVanished : public Error {
+ public:
+  using Error::Error;
 };
 
 struct SynthesisOptions {
   bool rotate_and_scale = true;             // false: the official inference behaviour, translation only
   double min_scale = 0.85, max_scale = 1.15;
-  int max_attempts = 1000;                  // random positions tried before giving up
+  int max_attempts = 1000;                  // random positions per draw before every position is checked
+  int max_affine_draws = 8;                 // fresh (angle, scale) draws before the defect is shrunk
+  double min_fit_scale = 0.25;              // the smallest scale a defect is shrunk to before it is set aside
   float binarise_threshold = 0.5f;          // warped (interpolated) mask values > this are defect
   bool official_anisotropic_scale = false;  // the training code's transposed-dsize resize (see above)
 };
@@ -80,6 +102,9 @@ inline void check_options(const SynthesisOptions& o, const char* what) {
   check(o.max_attempts >= 1, what, ": max_attempts must be >= 1, got ", o.max_attempts);
   check(std::isfinite(o.min_scale) && std::isfinite(o.max_scale) && o.min_scale > 0.0 && o.min_scale <= o.max_scale,
         what, ": need 0 < min_scale <= max_scale, got [", o.min_scale, ", ", o.max_scale, "]");
+  check(o.max_affine_draws >= 1, what, ": max_affine_draws must be >= 1, got ", o.max_affine_draws);
+  check(std::isfinite(o.min_fit_scale) && o.min_fit_scale > 0.0 && o.min_fit_scale <= o.max_scale, what,
+        ": need 0 < min_fit_scale <= max_scale, got ", o.min_fit_scale);
   check(o.binarise_threshold >= 0.0f && o.binarise_threshold < 1.0f, what, ": binarise_threshold must be in [0, 1), got ",
         o.binarise_threshold);
 }
@@ -102,7 +127,7 @@ inline Tensor<float, Cpu> binarise_keep_peak(const Tensor<float, Cpu>& m, float 
 }  // namespace detail
 
 /// Crops `mask` (and `image`, if given, [1, C, H, W] of the same size) to the defect's box, rotates by angle_deg
-/// and scales by `scale` (both skipped when !options.rotate_and_scale), re-binarises the mask and crops again
+/// and scales by `scale` (skipped in translate-only mode at scale 1), re-binarises the mask and crops again
 /// to its box. `image_border` fills what the rotation brings in from outside (-1 = black for [-1, 1] images).
 inline WarpedDefect warp_defect(const Tensor<float, Cpu>& mask_in, const Tensor<float, Cpu>* image, double angle_deg,
                                 double scale, const SynthesisOptions& options = {}, float image_border = -1.0f,
@@ -114,7 +139,7 @@ inline WarpedDefect warp_defect(const Tensor<float, Cpu>& mask_in, const Tensor<
   const Box box = bounding_box(mask);
   check(!box.empty(), "warp_defect: ", who, " has no defect pixels");
   WarpedDefect out{crop(mask, box), image ? crop(*image, box) : Tensor<float, Cpu>()};
-  if (!options.rotate_and_scale) return out;  // translate-only: the source shape, exactly
+  if (!options.rotate_and_scale && scale == 1.0) return out;  // translate-only: the source shape, exactly
 
   check(scale > 0.0 && std::isfinite(scale), "warp_defect: scale must be positive, got ", scale);
   // Rotation and scale in one resampling, so thin defects are interpolated once.
@@ -131,7 +156,7 @@ inline WarpedDefect warp_defect(const Tensor<float, Cpu>& mask_in, const Tensor<
   }
   m = detail::binarise_keep_peak(m, options.binarise_threshold);
   const Box warped = bounding_box(m);
-  check(!warped.empty(), "warp_defect: ", who, " vanished after rotation by ", angle_deg, " degrees and scale ", scale);
+  check<DefectVanished>(!warped.empty(), "warp_defect: ", who, " vanished after rotation by ", angle_deg, " degrees and scale ", scale);
   out.mask = crop(m, warped);
   if (image) out.pixels = crop(px, warped);
   return out;
@@ -139,35 +164,74 @@ inline WarpedDefect warp_defect(const Tensor<float, Cpu>& mask_in, const Tensor<
 
 namespace detail {
 
-/// Top-left (y0, x0) where every defect pixel of `patch` lies on the foreground: uniform among the positions
-/// where the patch fits, by rejection sampling with at most max_attempts draws. Throws when it cannot fit.
-inline std::pair<int, int> place_inside_foreground(const Tensor<float, Cpu>& patch, const Tensor<float, Cpu>& fg,
-                                                   Rng& rng, int max_attempts, const std::string& who) {
+/// The defect pixels of a binary patch (>= 0.5) relative to its corner, in an order that spreads them over the
+/// patch (a stride coprime to the count), so that a position off the foreground usually fails on the first few.
+struct PatchPixels {
+  std::vector<int> ys, xs;
+  int h = 0, w = 0;
+};
+inline PatchPixels patch_pixels(const Tensor<float, Cpu>& patch) {
+  PatchPixels p;
+  p.h = static_cast<int>(patch.dim(2)), p.w = static_cast<int>(patch.dim(3));
+  std::vector<int> ys, xs;
+  for (int y = 0; y < p.h; ++y)
+    for (int x = 0; x < p.w; ++x)
+      if (patch.data()[static_cast<int64_t>(y) * p.w + x] >= 0.5f) ys.push_back(y), xs.push_back(x);
+  const std::size_t n = ys.size();
+  std::size_t stride = 7919;  // a prime: coprime to n unless n is a multiple of it
+  while (n > 0 && std::gcd(stride, n) != 1) stride += 2;
+  for (std::size_t i = 0, j = 0; i < n; ++i, j = (j + stride) % n) p.ys.push_back(ys[j]), p.xs.push_back(xs[j]);
+  return p;
+}
+inline bool lies_inside(const PatchPixels& p, const Tensor<float, Cpu>& fg, int y0, int x0) {
+  const int W = static_cast<int>(fg.dim(3));
+  for (std::size_t i = 0; i < p.ys.size(); ++i)
+    if (fg.data()[static_cast<int64_t>(y0 + p.ys[i]) * W + x0 + p.xs[i]] < 0.5f) return false;
+  return true;
+}
+
+/// The foreground's pixel count and box, computed once per sample.
+struct ForegroundInfo {
+  int64_t count = 0;
+  Box box;
+};
+inline ForegroundInfo foreground_info(const Tensor<float, Cpu>& fg) {
+  ForegroundInfo f;
+  for (int64_t i = 0; i < fg.numel(); ++i) f.count += fg.data()[i] >= 0.5f;
+  f.box = bounding_box(fg, 0.5f - 1e-6f);
+  return f;
+}
+
+/// Why a patch cannot lie inside the foreground anywhere, from its size alone ("" when it might).
+inline std::string cannot_fit_reason(const PatchPixels& p, const Tensor<float, Cpu>& fg, const ForegroundInfo& f) {
   const int H = static_cast<int>(fg.dim(2)), W = static_cast<int>(fg.dim(3));
-  const int h = static_cast<int>(patch.dim(2)), w = static_cast<int>(patch.dim(3));
-  check(h <= H && w <= W, who, ": the warped defect is ", h, "x", w, " pixels, larger than the ", H, "x", W,
-        " image; it cannot fit");
-  std::vector<int> dys, dxs;  // the defect pixels, relative to the patch corner
-  for (int y = 0; y < h; ++y)
-    for (int x = 0; x < w; ++x)
-      if (patch.data()[static_cast<int64_t>(y) * w + x] >= 0.5f) dys.push_back(y), dxs.push_back(x);
-  int64_t fg_count = 0;
-  for (int64_t i = 0; i < fg.numel(); ++i) fg_count += fg.data()[i] >= 0.5f;
-  check(static_cast<int64_t>(dys.size()) <= fg_count, who, ": the warped defect has ", dys.size(),
-        " pixels but the foreground only ", fg_count, " of ", H, "x", W, "; it cannot fit");
-  const Box fbox = bounding_box(fg, 0.5f - 1e-6f);
-  check(h <= fbox.height() && w <= fbox.width(), who, ": the warped defect's box is ", h, "x", w,
-        " pixels but the foreground's is only ", fbox.height(), "x", fbox.width(), "; it cannot fit");
+  if (p.h > H || p.w > W)
+    return adabldm::detail::concat("the warped defect is ", p.h, "x", p.w, " pixels, larger than the ", H, "x", W, " image");
+  if (static_cast<int64_t>(p.ys.size()) > f.count)
+    return adabldm::detail::concat("the warped defect has ", p.ys.size(), " pixels but the foreground only ", f.count, " of ", H, "x", W);
+  if (p.h > f.box.height() || p.w > f.box.width())
+    return adabldm::detail::concat("the warped defect's box is ", p.h, "x", p.w, " pixels but the foreground's is only ",
+                  f.box.height(), "x", f.box.width());
+  return "";
+}
+
+/// A uniform random top-left corner where every defect pixel lies on the foreground: rejection sampling with at
+/// most max_attempts draws, then, if none hit, every position is checked and one of those that fit is drawn
+/// (so "does not fit" is exact, and a narrow foreground costs one scan, not a hang). nullopt: nowhere.
+inline std::optional<std::pair<int, int>> find_position(const PatchPixels& p, const Tensor<float, Cpu>& fg,
+                                                        const ForegroundInfo& f, Rng& rng, int max_attempts) {
+  if (!cannot_fit_reason(p, fg, f).empty()) return std::nullopt;
+  const int H = static_cast<int>(fg.dim(2)), W = static_cast<int>(fg.dim(3));
   for (int attempt = 0; attempt < max_attempts; ++attempt) {
-    const int y0 = static_cast<int>(rng.uniform_int(0, H - h)), x0 = static_cast<int>(rng.uniform_int(0, W - w));
-    bool inside = true;
-    for (std::size_t i = 0; i < dys.size() && inside; ++i)
-      inside = fg.data()[static_cast<int64_t>(y0 + dys[i]) * W + x0 + dxs[i]] >= 0.5f;
-    if (inside) return {y0, x0};
+    const int y0 = static_cast<int>(rng.uniform_int(0, H - p.h)), x0 = static_cast<int>(rng.uniform_int(0, W - p.w));
+    if (lies_inside(p, fg, y0, x0)) return std::pair<int, int>{y0, x0};
   }
-  throw Error(adabldm::detail::concat(who, ": no position inside the foreground found in ", max_attempts,
-                             " random tries (defect ", h, "x", w, " with ", dys.size(), " pixels; foreground ",
-                             fg_count, " of ", H, "x", W, " pixels); use a smaller defect or a larger foreground"));
+  std::vector<std::pair<int, int>> fits;  // only corners whose box lies in the foreground's box can fit
+  for (int y0 = f.box.y0; y0 + p.h <= f.box.y1; ++y0)
+    for (int x0 = f.box.x0; x0 + p.w <= f.box.x1; ++x0)
+      if (lies_inside(p, fg, y0, x0)) fits.emplace_back(y0, x0);
+  if (fits.empty()) return std::nullopt;
+  return fits[static_cast<std::size_t>(rng.uniform_int(0, static_cast<int64_t>(fits.size()) - 1))];
 }
 
 /// Writes the binary patch into a zero mask of the foreground's size at (y0, x0).
@@ -188,29 +252,155 @@ inline std::pair<double, double> draw_affine(Rng& rng, const SynthesisOptions& o
   return {angle, scale};
 }
 
+/// A warped defect placed in the foreground: the patch (and its pixels) and where it went.
+struct Placed {
+  WarpedDefect warped;
+  MaskPlacement placement;  // angle, scale, corner, size, draws, shrunk (not the source fields)
+};
+
+/// The warp of one source at (angle, scale), or nullopt when the defect vanishes at that scale.
+inline std::optional<WarpedDefect> try_warp(const Tensor<float, Cpu>& mask, const Tensor<float, Cpu>* image,
+                                            double angle, double scale, const SynthesisOptions& o, float border,
+                                            const std::string& who) {
+  try {
+    return warp_defect(mask, image, angle, scale, o, border, who);
+  } catch (const DefectVanished&) {
+    return std::nullopt;
+  }
+}
+
+/// Places one real defect inside the foreground (the rule in docs/method.md, "When a defect does not fit"):
+///  1. up to max_affine_draws fresh (angle, scale) draws, each with a bounded position search;
+///  2. otherwise the largest scale that fits, below min_scale: for each drawn angle, scales min_scale * 0.9^k
+///     down to min_fit_scale, then 4 bisection steps between the first fitting scale and the one above it;
+///  3. otherwise DefectDoesNotFit, naming the defect and why.
+/// Every draw comes from rng in a fixed order, so the result depends only on the sample's seed.
+inline Placed place_defect(const Tensor<float, Cpu>& mask, const Tensor<float, Cpu>* image, const Tensor<float, Cpu>& fg,
+                           const ForegroundInfo& finfo, Rng& rng, const SynthesisOptions& o, float border,
+                           const std::string& who) {
+  auto attempt = [&](double angle, double scale, Rng* position_rng) -> std::optional<Placed> {
+    auto warped = try_warp(mask, image, angle, scale, o, border, who);
+    if (!warped) return std::nullopt;
+    const auto pixels = patch_pixels(warped->mask);
+    Placed out{std::move(*warped), {}};
+    out.placement.angle_deg = angle, out.placement.scale = scale;
+    out.placement.h = pixels.h, out.placement.w = pixels.w;
+    if (!position_rng) {  // a probe of the scale search: fits somewhere?
+      if (!cannot_fit_reason(pixels, fg, finfo).empty()) return std::nullopt;
+      for (int y0 = finfo.box.y0; y0 + pixels.h <= finfo.box.y1; ++y0)
+        for (int x0 = finfo.box.x0; x0 + pixels.w <= finfo.box.x1; ++x0)
+          if (lies_inside(pixels, fg, y0, x0)) return out;
+      return std::nullopt;
+    }
+    const auto pos = find_position(pixels, fg, finfo, *position_rng, o.max_attempts);
+    if (!pos) return std::nullopt;
+    std::tie(out.placement.y0, out.placement.x0) = *pos;
+    return out;
+  };
+
+  // The largest scale at which the warped box can still fit the foreground's box at `angle`, from the rotated
+  // extents of the defect pixels (a warp costs the whole canvas; this costs the pixels): a scale above it is
+  // skipped without warping. Two pixels of slack for the resampling at either end.
+  // A linear function's extremes over a row are at its first and last defect pixel: two points per row suffice.
+  std::vector<std::pair<double, double>> points;
+  const auto source = mask_arg(mask, "place_defect");
+  const int sh = static_cast<int>(source.dim(2)), sw = static_cast<int>(source.dim(3));
+  for (int y = 0; y < sh; ++y) {
+    const float* row = source.data() + static_cast<int64_t>(y) * sw;
+    int first = -1, last = -1;
+    for (int x = 0; x < sw; ++x)
+      if (row[x] >= 0.5f) last = x, first = first < 0 ? x : first;
+    if (first >= 0) points.emplace_back(first, y), points.emplace_back(last, y);
+  }
+  auto box_scale_limit = [&](double angle) {
+    if (o.official_anisotropic_scale || points.empty()) return std::numeric_limits<double>::infinity();
+    const auto [cs, sn] = cos_sin_deg(angle);
+    double u0 = 1e300, u1 = -1e300, v0 = 1e300, v1 = -1e300;
+    for (const auto& [x, y] : points) {
+      const double u = cs * x + sn * y, v = -sn * x + cs * y;
+      u0 = std::min(u0, u), u1 = std::max(u1, u), v0 = std::min(v0, v), v1 = std::max(v1, v);
+    }
+    auto limit = [](double room, double extent) { return extent > 0 ? (room + 2.0) / extent : 1e300; };
+    return std::min(limit(finfo.box.width(), u1 - u0), limit(finfo.box.height(), v1 - v0));
+  };
+
+  std::vector<double> angles, limits;
+  const int draws = o.rotate_and_scale ? o.max_affine_draws : 1;  // translate-only: every draw is the same
+  for (int d = 0; d < draws; ++d) {
+    const auto [angle, scale] = draw_affine(rng, o);
+    angles.push_back(angle);
+    limits.push_back(box_scale_limit(angle));
+    if (scale > limits.back()) continue;  // its box cannot fit: no position is drawn, as before
+    if (auto placed = attempt(angle, scale, &rng)) {
+      placed->placement.draws = d + 1;
+      return std::move(*placed);
+    }
+  }
+  // The largest scale that fits, on a 10 % grid refined by bisection; the position is drawn last.
+  const double top = o.rotate_and_scale ? o.min_scale : 1.0;
+  for (double s = top;; s = std::max(s * 0.9, o.min_fit_scale)) {
+    for (std::size_t a = 0; a < angles.size(); ++a) {
+      const double angle = angles[a];
+      if (s > limits[a] || !attempt(angle, s, nullptr)) continue;
+      double fits = s, fails = s < top ? std::min(top, s / 0.9) : s;
+      for (int i = 0; i < 4 && fails > fits; ++i) {
+        const double mid = 0.5 * (fits + fails);
+        (attempt(angle, mid, nullptr) ? fits : fails) = mid;
+      }
+      auto placed = attempt(angle, fits, &rng);
+      check(placed.has_value(), who, ": internal error: a probed placement did not fit");
+      placed->placement.draws = draws;
+      placed->placement.shrunk = true;
+      return std::move(*placed);
+    }
+    if (s <= o.min_fit_scale) break;
+  }
+  const auto smallest = try_warp(mask, image, angles.front(), o.min_fit_scale, o, border, who);
+  const std::string why = smallest ? cannot_fit_reason(patch_pixels(smallest->mask), fg, finfo) : "";
+  throw DefectDoesNotFit(adabldm::detail::concat(who, ": cannot fit inside the foreground (", finfo.count, " of ", fg.dim(2), "x",
+                                fg.dim(3), " pixels) even at scale ", o.min_fit_scale, " (--min-fit-scale)",
+                                why.empty() ? std::string() : "; at that scale " + why));
+}
+
 }  // namespace detail
 
 /// One synthetic defect mask M* the size of `foreground` ([1, 1, H, W]): a random real mask, cropped to its
 /// box, rotated by U[0, 360) degrees and scaled by U[min_scale, max_scale] (or only translated), re-binarised and
-/// placed at a uniform random position where it lies entirely inside the foreground.
+/// placed at a uniform random position where it lies entirely inside the foreground. A mask that cannot fit
+/// after the draws is shrunk to the largest scale that fits; one that cannot fit even at min_fit_scale is set
+/// aside (placement.skipped) and another mask is drawn from the rest. DefectDoesNotFit only when none fits.
 inline SynthesizedMask synthesize_mask(const std::vector<SourceMask>& real_masks, const Tensor<float, Cpu>& foreground,
                                        Rng& rng, const SynthesisOptions& options = {}) {
   detail::check_options(options, "synthesize_mask");
   check(!real_masks.empty(), "synthesize_mask: no real defect masks given");
   const auto fg = detail::mask_arg(foreground, "synthesize_mask (foreground)");
-  MaskPlacement p;
-  p.index = static_cast<int>(rng.uniform_int(0, static_cast<int64_t>(real_masks.size()) - 1));
-  const SourceMask& src = real_masks[static_cast<std::size_t>(p.index)];
-  p.mask_source = src.name;
-  const std::string who = "synthesize_mask: " + detail::describe_source(src.name, p.index);
-  check<ShapeError>(src.mask.rank() == 4 && src.mask.dim(0) == 1 && src.mask.dim(1) == 1 && src.mask.numel() > 0, who,
-                    ": expected a [1, 1, H, W] mask, got ", src.mask.shape().str());
-  std::tie(p.angle_deg, p.scale) = detail::draw_affine(rng, options);
-  const WarpedDefect warped = warp_defect(src.mask, nullptr, p.angle_deg, p.scale, options, 0.0f, who);
-  p.h = static_cast<int>(warped.mask.dim(2));
-  p.w = static_cast<int>(warped.mask.dim(3));
-  std::tie(p.y0, p.x0) = detail::place_inside_foreground(warped.mask, fg, rng, options.max_attempts, who);
-  return {detail::paste_mask(warped.mask, static_cast<int>(fg.dim(2)), static_cast<int>(fg.dim(3)), p.y0, p.x0), p};
+  const auto finfo = detail::foreground_info(fg);
+  std::vector<int> candidates(real_masks.size());
+  for (std::size_t i = 0; i < candidates.size(); ++i) candidates[i] = static_cast<int>(i);
+  std::vector<std::string> skipped, reasons;
+  while (!candidates.empty()) {
+    const auto pick = static_cast<std::size_t>(rng.uniform_int(0, static_cast<int64_t>(candidates.size()) - 1));
+    const int index = candidates[pick];
+    const SourceMask& src = real_masks[static_cast<std::size_t>(index)];
+    const std::string who = "synthesize_mask: " + detail::describe_source(src.name, index);
+    check<ShapeError>(src.mask.rank() == 4 && src.mask.dim(0) == 1 && src.mask.dim(1) == 1 && src.mask.numel() > 0, who,
+                      ": expected a [1, 1, H, W] mask, got ", src.mask.shape().str());
+    try {
+      auto placed = detail::place_defect(src.mask, nullptr, fg, finfo, rng, options, 0.0f, who);
+      MaskPlacement p = placed.placement;
+      p.index = index;
+      p.mask_source = src.name;
+      p.skipped = skipped;
+      return {detail::paste_mask(placed.warped.mask, static_cast<int>(fg.dim(2)), static_cast<int>(fg.dim(3)), p.y0, p.x0), p};
+    } catch (const DefectDoesNotFit& e) {
+      skipped.push_back(src.name);
+      reasons.push_back(e.what());
+      candidates.erase(candidates.begin() + static_cast<std::ptrdiff_t>(pick));
+    }
+  }
+  std::string all = reasons.front();
+  for (std::size_t i = 1; i < reasons.size(); ++i) all += "; " + reasons[i];
+  throw DefectDoesNotFit(real_masks.size() == 1 ? all : "no real defect mask fits this foreground: " + all);
 }
 
 /// The same with unnamed masks (named "real_masks[i]" in messages).
@@ -250,14 +440,11 @@ inline TrainingPair synthesize_training_pair(const Tensor<float, Cpu>& ok_image,
                     ng_image.shape().str(), " must have the OK image's ", ok.dim(1), " channels");
   const auto ng = detail::plane_arg(ng_image, "synthesize_training_pair (NG image)");
   const std::string who = "synthesize_training_pair: " + detail::describe_source(source_name, 0);
-  MaskPlacement p;
+  auto placed = detail::place_defect(ng_mask, &ng, fg, detail::foreground_info(fg), rng, options, -1.0f, who);
+  MaskPlacement p = placed.placement;
   p.index = 0;
   p.mask_source = source_name;
-  std::tie(p.angle_deg, p.scale) = detail::draw_affine(rng, options);
-  const WarpedDefect warped = warp_defect(ng_mask, &ng, p.angle_deg, p.scale, options, -1.0f, who);
-  p.h = static_cast<int>(warped.mask.dim(2));
-  p.w = static_cast<int>(warped.mask.dim(3));
-  std::tie(p.y0, p.x0) = detail::place_inside_foreground(warped.mask, fg, rng, options.max_attempts, who);
+  const WarpedDefect& warped = placed.warped;
 
   const int C = static_cast<int>(ok.dim(1)), H = static_cast<int>(ok.dim(2)), W = static_cast<int>(ok.dim(3));
   TrainingPair out{ok.clone(), detail::paste_mask(warped.mask, H, W, p.y0, p.x0), p};

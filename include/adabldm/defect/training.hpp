@@ -4,7 +4,9 @@
 // UNet: AdamW (lr 1e-5, weight decay 0.01) on the LDM epsilon loss, the UNet reading the prompt and the trimap
 // encoder the empty prompt (the official code). Everything random comes from (seed, step), so a resumed run
 // continues exactly where an uninterrupted one would be.
+#include <cmath>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -51,16 +53,31 @@ inline TrainingExample make_training_example(const TrainingSource& src, uint64_t
   check(!src.ok_images.empty() && !src.defects.empty(), "training: need OK images and real defects");
   Rng rng(derive_seed(seed, static_cast<uint64_t>(index)));
   const auto oi = static_cast<std::size_t>(rng.uniform_int(0, static_cast<int64_t>(src.ok_images.size()) - 1));
-  const auto di = static_cast<std::size_t>(rng.uniform_int(0, static_cast<int64_t>(src.defects.size()) - 1));
   const auto& ok = src.ok_images[oi];
-  const auto& d = src.defects[di];
   const auto fg = oi < src.foregrounds.size() && src.foregrounds[oi].defined() ? src.foregrounds[oi]
                                                                                : all_foreground(static_cast<int>(ok.dim(2)), static_cast<int>(ok.dim(3)));
-  const auto pair = synthesize_training_pair(ok, d.image, d.mask, fg, rng, opt.synthesis, d.name);
+  // The first defect drawn; one that cannot fit this foreground even shrunk is set aside and another drawn from
+  // the rest (the rule of synthesize_mask, docs/method.md).
+  std::vector<std::size_t> candidates(src.defects.size());
+  for (std::size_t i = 0; i < candidates.size(); ++i) candidates[i] = i;
+  std::optional<TrainingPair> pair;
+  std::string reasons;
+  while (!pair) {
+    check<DefectDoesNotFit>(!candidates.empty(), "training example ", index, ": no real defect fits OK image ", oi,
+                            "'s foreground: ", reasons);
+    const auto pick = static_cast<std::size_t>(rng.uniform_int(0, static_cast<int64_t>(candidates.size()) - 1));
+    const auto& d = src.defects[candidates[pick]];
+    try {
+      pair = synthesize_training_pair(ok, d.image, d.mask, fg, rng, opt.synthesis, d.name);
+    } catch (const DefectDoesNotFit& e) {
+      reasons += (reasons.empty() ? "" : "; ") + std::string(e.what());
+      candidates.erase(candidates.begin() + static_cast<std::ptrdiff_t>(pick));
+    }
+  }
   TrainingExample ex;
-  ex.image = pair.image;
-  ex.mask = pair.mask;
-  ex.control = trimap_to_control(make_trimap(pair.mask, fg), control_channels);
+  ex.image = pair->image;
+  ex.mask = pair->mask;
+  ex.control = trimap_to_control(make_trimap(pair->mask, fg), control_channels);
   ex.prompt = rng.uniform() < opt.prompt_dropout ? std::string() : src.prompt;
   return ex;
 }
@@ -117,7 +134,9 @@ class TrimapEncoderTrainer {
       total += scalar_value(r.loss);
       autograd::backward(opt_.accum > 1 ? ops::scale(r.loss, 1.0f / static_cast<float>(opt_.accum)) : r.loss);
     }
-    optimiser_.step();
+    // A non-finite loss (a diverging draw) must not poison the weights: its update is skipped, the step still
+    // counts (so the data of later steps, drawn from (seed, step), is the same as in any other run).
+    if (std::isfinite(total)) optimiser_.step();
     optimiser_.zero_grad();
     ++step_;
     return total / opt_.accum;
