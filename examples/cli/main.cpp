@@ -18,6 +18,7 @@ struct Command {
 const Command kCommands[] = {
     {"generate", cli::cmd_generate, "generate defect images with pixel-exact masks (the AdaBLDM pipeline)"},
     {"train", cli::cmd_train, "fine-tune a trimap encoder on a few real defects (the base model frozen)"},
+    {"train-base", cli::cmd_train_base, "train from scratch the small base model (autoencoder, UNet) on OK images"},
     {"sample", cli::cmd_sample, "plain text(+trimap)-to-image sampling, as diffusers' pipelines do it"},
     {"inspect", cli::cmd_inspect, "show the format, components, dtypes and parameter counts of a model or config"},
     {"tokenize", cli::cmd_tokenize, "print the CLIP token ids of strings (77 per string, JSON)"},
@@ -28,7 +29,7 @@ const Command kCommands[] = {
 void usage() {
   std::fprintf(stderr, "adabldm %s — industrial defect generation with blended latent diffusion\n\n"
                        "usage: adabldm COMMAND [OPTIONS]\n\ncommands:\n", ADABLDM_VERSION_STRING);
-  for (const auto& c : kCommands) std::fprintf(stderr, "  %-10s %s\n", c.name, c.summary);
+  for (const auto& c : kCommands) std::fprintf(stderr, "  %-11s %s\n", c.name, c.summary);
 }
 }  // namespace
 
