@@ -8,5 +8,5 @@
 #include "adabldm/autograd/loss.hpp"
 #include "adabldm/autograd/optim.hpp"
 #include "adabldm/autograd/params.hpp"
-#include "adabldm/autograd/record.hpp"
-#include "adabldm/autograd/tape.hpp"
+#include "adabldm/core/autograd_record.hpp"
+#include "adabldm/core/autograd_tape.hpp"

@@ -4,8 +4,8 @@
 #include <memory>
 #include <type_traits>
 
-#include "adabldm/autograd/record.hpp"
-#include "adabldm/autograd/tape.hpp"
+#include "adabldm/core/autograd_record.hpp"
+#include "adabldm/core/autograd_tape.hpp"
 #include "adabldm/core/tensor.hpp"
 
 namespace adabldm::autograd {

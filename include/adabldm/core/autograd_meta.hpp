@@ -1,7 +1,7 @@
 #pragma once
 // What a tensor carries when it takes part in reverse-mode differentiation (see docs/autograd.md), and the
 // thread's active tape. Small on purpose: core/tensor.hpp holds a pointer to Meta, so nothing here may need
-// Tensor to be complete. The typed half (gradient access, recording ops) is adabldm/autograd/record.hpp.
+// Tensor to be complete. The typed half (gradient access, recording ops) is core/autograd_record.hpp.
 #include <array>
 #include <cstdint>
 #include <memory>
@@ -17,7 +17,7 @@ namespace autograd {
 /// Attached to a tensor that requires a gradient: a tracked parameter or input (a leaf) or the output of a
 /// recorded op. Ordinary tensors carry none, so inference pays nothing. Copies of a Tensor handle share it.
 struct Meta {
-  std::shared_ptr<void> grad;                 ///< the accumulated gradient, a Tensor<T, Dev> (typed access: record.hpp)
+  std::shared_ptr<void> grad;                 ///< the accumulated gradient, a Tensor<T, Dev> (typed access: autograd_record.hpp)
   const std::type_info* grad_type = nullptr;  ///< typeid of that Tensor, checked on every typed access
   bool grad_shared = false;                   ///< grad's buffer may alias another one: copy before adding in place
   bool keep_grad = false;                     ///< leaves (and retain_grad) keep their gradient after backward
@@ -47,7 +47,7 @@ struct ViewSpec {
 
 namespace detail {
 /// Records `out`, a view of or copy of `in` (which requires a gradient), on the active tape. Defined in
-/// adabldm/autograd/record.hpp, which core/tensor.hpp includes at its end.
+/// core/autograd_record.hpp, which core/tensor.hpp includes at its end.
 template <class T, class Dev>
 void record_view(const Tensor<T, Dev>& in, Tensor<T, Dev>& out, const ViewSpec& spec);
 }  // namespace detail

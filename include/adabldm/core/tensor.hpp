@@ -253,4 +253,4 @@ void expect_rank(const Tensor<T, Dev>& t, int rank, const char* what) {
 
 // The typed half of autograd (gradients, recording ops and views). Included here, after Tensor is complete, so
 // that every user of tensors gets the definitions the member views above only declare.
-#include "adabldm/autograd/record.hpp"
+#include "adabldm/core/autograd_record.hpp"
