@@ -1,9 +1,8 @@
 #pragma once
 // The typed half of autograd that every op uses: gradients held in a tensor's Meta, GradSlot (where an op's
 // backward sends one input's gradient) and record(), which puts a differentiable op on the active tape; plus the
-// backward of Tensor's member views. core/tensor.hpp includes this file at its end, so including
-// core/tensor.hpp is enough; this file relies only on Tensor and core/autograd_meta.hpp (both orders of
-// inclusion work because Tensor's members only use what autograd_meta.hpp declares).
+// backward of Tensor's member views, which Tensor reaches through the recorder that make_meta puts in every Meta
+// (core/tensor.hpp itself includes only core/autograd_meta.hpp). Every op header includes this file.
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -132,6 +131,24 @@ bool should_record(const std::vector<Tensor<T, Dev>>& inputs) noexcept {
          std::any_of(inputs.begin(), inputs.end(), [](const Tensor<T, Dev>& t) { return t.requires_grad(); });
 }
 
+namespace detail {
+template <class T, class Dev>
+void record_view(const Tensor<T, Dev>& in, Tensor<T, Dev>& out, const ViewSpec& spec);
+/// Meta::record_view for a Tensor<T, Dev>.
+template <class T, class Dev>
+void record_view_of(const void* in, void* out, const ViewSpec& spec) {
+  record_view(*static_cast<const Tensor<T, Dev>*>(in), *static_cast<Tensor<T, Dev>*>(out), spec);
+}
+/// Fresh Meta for a Tensor<T, Dev>: every Meta is made here, so that its tensor's views are recorded.
+template <class T, class Dev>
+std::shared_ptr<Meta> make_meta() {
+  auto meta = std::make_shared<Meta>();
+  meta->tensor_type = &typeid(Tensor<T, Dev>);
+  meta->record_view = &record_view_of<T, Dev>;
+  return meta;
+}
+}  // namespace detail
+
 /// Gives `out` fresh Meta and puts the op on the active tape. `backward(grad_out)` runs during
 /// autograd::backward with the gradient of `out` (contiguous, out's shape), must not modify it, and adds the
 /// inputs' gradients to their GradSlots. What the closure captures is what the record saves.
@@ -139,7 +156,7 @@ template <class T, class Dev, class F>
 void record(const char* op, Tensor<T, Dev>& out, F&& backward) {
   Tape* tape = active_tape();
   check(tape != nullptr, "autograd: record(", op, ") without an active tape");
-  auto meta = std::make_shared<Meta>();
+  auto meta = detail::make_meta<T, Dev>();
   out.set_autograd_meta(meta);
   Record r;
   r.op = op;
