@@ -13,7 +13,7 @@
 #include "adabldm/defect/mask_synthesis.hpp"
 #include "adabldm/defect/pipeline.hpp"
 #include "adabldm/defect/trimap.hpp"
-#include "adabldm/io/config_json.hpp"
+#include "adabldm/models/config_json.hpp"
 
 namespace adabldm::defect {
 
