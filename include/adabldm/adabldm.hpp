@@ -19,5 +19,6 @@
 #include "adabldm/sampling/stable_diffusion.hpp"
 #include "adabldm/sampling/text_to_image.hpp"
 #include "adabldm/defect/decoder_adaptation.hpp"
+#include "adabldm/defect/ldm_loss.hpp"
 #include "adabldm/defect/pipeline.hpp"
 #include "adabldm/defect/training.hpp"

@@ -4,7 +4,6 @@
 #include "adabldm/autograd/backward.hpp"
 #include "adabldm/autograd/checkpoint.hpp"
 #include "adabldm/autograd/gradcheck.hpp"
-#include "adabldm/autograd/ldm_loss.hpp"
 #include "adabldm/autograd/loss.hpp"
 #include "adabldm/autograd/optim.hpp"
 #include "adabldm/autograd/params.hpp"

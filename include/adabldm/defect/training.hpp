@@ -10,6 +10,7 @@
 
 #include "adabldm/autograd/autograd.hpp"
 #include "adabldm/defect/foreground.hpp"
+#include "adabldm/defect/ldm_loss.hpp"
 #include "adabldm/defect/mask_synthesis.hpp"
 #include "adabldm/defect/pipeline.hpp"
 #include "adabldm/defect/trimap.hpp"
