@@ -2,11 +2,11 @@
 """Check that every include under include/adabldm points down the layers (docs/architecture.md, "Layers").
 
 Reads every `#include "adabldm/..."` and `#include <adabldm/...>` in include/adabldm/**, maps the including file and
-the included file to their folders (core, ops, io, text, autograd, nn, models, sampling, defect; files directly in
-include/adabldm are the umbrella headers and may include anything) and fails, naming the file, the line and the
-include, when a folder includes one that it may not. Includes inside one folder are always allowed. Then checks
-that the folder graph has no cycle (which the table below already guarantees; the second check keeps the table
-honest if someone edits it).
+the included file to their folders (core, ops, io, text, nn, autograd, models, sampling, defect; files directly in
+include/adabldm are the umbrella headers and may include anything, and no folder may include them) and fails,
+naming the file, the line and the include, when a folder includes one that is not below it. Includes inside one
+folder are always allowed. Then checks that the folder graph has no cycle (which the layer table already
+guarantees; the second check keeps the table honest if someone edits it).
 
 Usage: scripts/check_layers.py [REPO_ROOT]     exit status 0 when clean, 1 when an include runs up the order.
 """
@@ -14,19 +14,19 @@ import os
 import re
 import sys
 
-# What each folder may include besides itself: the layer order of docs/architecture.md. Keep the two in step.
-#   core -> {ops, io, text} -> autograd -> nn -> models -> sampling -> defect
-ALLOWED = {
-    "core": set(),
-    "ops": {"core"},
-    "io": {"core"},
-    "text": {"core"},
-    "autograd": {"core", "ops", "io"},
-    "nn": {"core", "ops", "io", "autograd"},
-    "models": {"core", "ops", "io", "text", "autograd", "nn"},
-    "sampling": {"core", "ops", "io", "text", "autograd", "nn", "models"},
-    "defect": {"core", "ops", "io", "text", "autograd", "nn", "models", "sampling"},
-}
+# The layers, bottom first: a folder may include its own folder and the folders of the rows below it, never one
+# of its own row or above. This is the order of docs/architecture.md ("Layers"); keep the two in step.
+LAYERS = [
+    ["core"],
+    ["ops", "io", "text"],
+    ["nn"],
+    ["autograd"],
+    ["models"],
+    ["sampling"],
+    ["defect"],
+]
+ORDER = [f for row in LAYERS for f in row]
+ALLOWED = {f: {g for lower in LAYERS[:i] for g in lower} for i, row in enumerate(LAYERS) for f in row}
 UMBRELLA = "(umbrella)"  # adabldm.hpp, cuda.cuh, version.hpp: they gather the layers for users
 
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"](adabldm/[^">]+)[">]')
@@ -61,7 +61,7 @@ def strongly_connected(graph):
                 if m == n:
                     break
             if len(comp) > 1:
-                out.append(sorted(comp, key=lambda f: list(ALLOWED).index(f) if f in ALLOWED else 99))
+                out.append(sorted(comp, key=lambda f: ORDER.index(f) if f in ORDER else 99))
         return None
 
     for n in sorted(graph):
@@ -147,14 +147,14 @@ def main():
               f"docs/architecture.md")
         return 1
     print(f"check_layers: {files} headers, every include points down the layers; folder graph:")
-    for src in ALLOWED:
-        print(f"  {src} -> {', '.join(sorted(graph.get(src, ()), key=list(ALLOWED).index)) or '(nothing)'}")
+    for src in ORDER:
+        print(f"  {src} -> {', '.join(sorted(graph.get(src, ()), key=ORDER.index)) or '(nothing)'}")
     return 0
 
 
 def describe(folder):
     allowed = ALLOWED.get(folder, set())
-    return ", ".join(sorted(allowed, key=list(ALLOWED).index)) if allowed else "itself"
+    return ", ".join(sorted(allowed, key=ORDER.index)) if allowed else "itself"
 
 
 if __name__ == "__main__":
