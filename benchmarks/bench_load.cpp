@@ -7,8 +7,8 @@
 #include <cstdlib>
 #include <filesystem>
 
-#include "adabldm/io/ldm_unet_keys.hpp"
 #include "adabldm/io/safetensors.hpp"
+#include "adabldm/models/ldm_unet_keys.hpp"
 #include "adabldm/models/unet.hpp"
 
 using namespace adabldm;

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# The full test suite, from a clean checkout: install dependencies, build (Release, with CUDA code compiled when
-# nvcc is present), run every test, rerun the file-format tests under AddressSanitizer + UBSan, and build and run
-# a consumer project through find_package (after install) and through FetchContent.
+# The full test suite, from a clean checkout: check that every include points down the layers, install
+# dependencies, build (Release, with CUDA code compiled when nvcc is present), run every test, rerun the
+# file-format tests under AddressSanitizer + UBSan, and build and run a consumer project through find_package
+# (after install) and through FetchContent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 jobs=$(nproc)
 start=$(date +%s)
 step() { echo; echo "=== $* ($(( $(date +%s) - start )) s)"; }
+
+step "layering: every include under include/ points down the layers (docs/architecture.md)"
+python3 scripts/check_layers.py
 
 step "dependencies"
 scripts/install-deps.sh

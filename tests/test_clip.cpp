@@ -5,9 +5,9 @@
 #include <cstring>
 #include <iterator>
 
-#include "adabldm/io/ldm_clip_keys.hpp"
 #include "adabldm/io/safetensors.hpp"
 #include "adabldm/models/clip_text.hpp"
+#include "adabldm/models/ldm_clip_keys.hpp"
 
 using namespace adabldm;
 using namespace adabldm::models;

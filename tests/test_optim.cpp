@@ -8,6 +8,7 @@
 #include "golden.hpp"
 
 #include "adabldm/autograd/autograd.hpp"
+#include "adabldm/defect/ldm_loss.hpp"
 #include "adabldm/io/safetensors.hpp"
 #include "adabldm/nn/layers.hpp"
 

@@ -1,8 +1,8 @@
 // Original-layout (single-file) checkpoints: name translation, architecture inference and the golden outputs.
 #include "golden.hpp"
 
-#include "adabldm/io/ldm_unet_keys.hpp"
 #include "adabldm/io/safetensors.hpp"
+#include "adabldm/models/ldm_unet_keys.hpp"
 
 using namespace adabldm;
 using namespace adabldm::models;

@@ -5,9 +5,9 @@
 #include <cmath>
 #include <cstring>
 
-#include "adabldm/io/ldm_vae_keys.hpp"
 #include "adabldm/io/safetensors.hpp"
 #include "adabldm/models/autoencoder_kl.hpp"
+#include "adabldm/models/ldm_vae_keys.hpp"
 #include "adabldm/models/taesd.hpp"
 #include "adabldm/models/vq_model.hpp"
 

@@ -17,7 +17,7 @@
 
 #include "args.hpp"
 #include "commands.hpp"
-#include <adabldm/io/config_json.hpp>
+#include <adabldm/models/config_json.hpp>
 #include "model_classes.hpp"
 #include "sd_parts.hpp"
 

@@ -4,8 +4,8 @@
 #include <memory>
 #include <type_traits>
 
-#include "adabldm/autograd/record.hpp"
-#include "adabldm/autograd/tape.hpp"
+#include "adabldm/core/autograd_record.hpp"
+#include "adabldm/core/autograd_tape.hpp"
 #include "adabldm/core/tensor.hpp"
 
 namespace adabldm::autograd {
@@ -16,7 +16,7 @@ template <class T, class Dev>
 Tensor<T, Dev> leaf(const Tensor<T, Dev>& t) {
   check(t.defined(), "autograd::leaf: undefined tensor");
   auto out = t.detach();
-  auto meta = std::make_shared<Meta>();
+  auto meta = detail::make_meta<T, Dev>();
   meta->keep_grad = true;
   out.set_autograd_meta(std::move(meta));
   return out;

@@ -3,6 +3,7 @@
 // and a masked variant (the mean over the elements a mask selects, e.g. the background of an image).
 #include <vector>
 
+#include "adabldm/core/autograd_record.hpp"
 #include "adabldm/core/tensor.hpp"
 #include "adabldm/core/threads.hpp"
 #include "adabldm/ops/elementwise.hpp"

@@ -73,7 +73,7 @@ class AdamW {
           e.exp_avg_sq = Tensor<T, Dev>::zeros(p.shape());
         }
         update(p.data(), g.data(), e.exp_avg.data(), e.exp_avg_sq.data(), p.numel(), e.step);
-      } else {  // device parameters: the backend's kernels, by argument-dependent lookup (CUDA: ops/cuda/optim.cuh)
+      } else {  // device parameters: the backend's kernels, by argument-dependent lookup (CUDA: autograd/cuda/optim.cuh)
         if (!e.exp_avg.defined()) {
           e.exp_avg = autograd_zeros_like(p);
           e.exp_avg_sq = autograd_zeros_like(p);

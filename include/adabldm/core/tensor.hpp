@@ -9,6 +9,7 @@
 #include <initializer_list>
 #include <memory>
 #include <type_traits>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -159,7 +160,7 @@ class Tensor {
   /// A contiguous deep copy.
   Tensor clone() const {
     Tensor t = copy_to_contiguous(*this);
-    if (meta_ && autograd::recording()) autograd::detail::record_view(*this, t, {autograd::ViewSpec::Copy});
+    if (meta_ && autograd::recording()) record_view(t, {autograd::ViewSpec::Copy});
     return t;
   }
 
@@ -199,9 +200,16 @@ class Tensor {
   Tensor view_of(Tensor t, const autograd::ViewSpec& spec) const {
     if (meta_) {
       t.meta_.reset();
-      if (autograd::recording()) autograd::detail::record_view(*this, t, spec);
+      if (autograd::recording()) record_view(t, spec);
     }
     return t;
+  }
+  /// Records `out`, a view or copy of this tensor (which carries Meta), through the recorder its Meta carries.
+  void record_view(Tensor& out, const autograd::ViewSpec& spec) const {
+    check(meta_->record_view != nullptr && meta_->tensor_type != nullptr && *meta_->tensor_type == typeid(Tensor),
+          "autograd: a view of a tensor whose Meta was not made for a ", typeid(Tensor).name(),
+          " (make tracked tensors with autograd::leaf)");
+    meta_->record_view(this, &out, spec);
   }
 
   std::shared_ptr<void> owner_;
@@ -250,7 +258,3 @@ void expect_rank(const Tensor<T, Dev>& t, int rank, const char* what) {
 }
 
 }  // namespace adabldm
-
-// The typed half of autograd (gradients, recording ops and views). Included here, after Tensor is complete, so
-// that every user of tensors gets the definitions the member views above only declare.
-#include "adabldm/autograd/record.hpp"

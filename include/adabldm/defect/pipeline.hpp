@@ -17,7 +17,7 @@
 #include "adabldm/defect/foreground.hpp"
 #include "adabldm/defect/mask_synthesis.hpp"
 #include "adabldm/defect/trimap.hpp"
-#include "adabldm/models/stable_diffusion.hpp"
+#include "adabldm/sampling/stable_diffusion.hpp"
 #include "adabldm/sampling/stages.hpp"
 
 namespace adabldm {

@@ -12,10 +12,11 @@
 
 #include "adabldm/autograd/autograd.hpp"
 #include "adabldm/defect/foreground.hpp"
+#include "adabldm/defect/ldm_loss.hpp"
 #include "adabldm/defect/mask_synthesis.hpp"
 #include "adabldm/defect/pipeline.hpp"
 #include "adabldm/defect/trimap.hpp"
-#include "adabldm/io/config_json.hpp"
+#include "adabldm/models/config_json.hpp"
 
 namespace adabldm::defect {
 

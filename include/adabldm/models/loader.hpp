@@ -11,14 +11,14 @@
 
 #include "adabldm/io/checkpoint.hpp"
 #include "adabldm/io/json.hpp"
-#include "adabldm/io/ldm_clip_keys.hpp"
-#include "adabldm/io/ldm_unet_keys.hpp"
-#include "adabldm/io/ldm_vae_keys.hpp"
 #include "adabldm/io/safetensors.hpp"
-#include "adabldm/io/single_file.hpp"
 #include "adabldm/models/autoencoder_kl.hpp"
 #include "adabldm/models/clip_text.hpp"
 #include "adabldm/models/controlnet.hpp"
+#include "adabldm/models/ldm_clip_keys.hpp"
+#include "adabldm/models/ldm_unet_keys.hpp"
+#include "adabldm/models/ldm_vae_keys.hpp"
+#include "adabldm/models/single_file.hpp"
 #include "adabldm/models/taesd.hpp"
 #include "adabldm/models/vq_model.hpp"
 

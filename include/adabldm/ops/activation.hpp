@@ -2,6 +2,7 @@
 // Element-wise activations (out-of-place and in-place `_` forms) and GEGLU, with their derivatives.
 #include <cmath>
 
+#include "adabldm/core/autograd_record.hpp"
 #include "adabldm/core/tensor.hpp"
 #include "adabldm/core/threads.hpp"
 

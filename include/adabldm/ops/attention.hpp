@@ -11,6 +11,7 @@
 
 #include <Eigen/Core>
 
+#include "adabldm/core/autograd_record.hpp"
 #include "adabldm/core/tensor.hpp"
 #include "adabldm/core/threads.hpp"
 

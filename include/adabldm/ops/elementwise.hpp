@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "adabldm/core/autograd_record.hpp"
 #include "adabldm/core/tensor.hpp"
 #include "adabldm/core/threads.hpp"
 

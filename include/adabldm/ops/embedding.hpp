@@ -5,6 +5,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "adabldm/core/autograd_record.hpp"
 #include "adabldm/core/tensor.hpp"
 
 namespace adabldm::ops {

@@ -3,6 +3,7 @@
 // (2-D and batched) and linear (x W^T + b, PyTorch's nn.Linear layout), each with its backward kernels.
 #include <Eigen/Core>
 
+#include "adabldm/core/autograd_record.hpp"
 #include "adabldm/core/tensor.hpp"
 #include "adabldm/core/threads.hpp"
 

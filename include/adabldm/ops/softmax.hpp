@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "adabldm/core/autograd_record.hpp"
 #include "adabldm/core/tensor.hpp"
 #include "adabldm/core/threads.hpp"
 

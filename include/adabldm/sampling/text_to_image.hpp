@@ -4,8 +4,8 @@
 // the ControlNet's text context either the prompt (diffusers) or the empty prompt (official AdaBLDM).
 #include <string>
 
-#include "adabldm/models/stable_diffusion.hpp"
 #include "adabldm/sampling/sampler.hpp"
+#include "adabldm/sampling/stable_diffusion.hpp"
 
 namespace adabldm::sampling {
 

@@ -294,7 +294,7 @@ Tensor<U, Cuda> to_device_as(const Tensor<T, Cpu>& host) {
 }
 
 }  // namespace cuda
-// ---- autograd hooks (found by argument-dependent lookup from autograd/record.hpp and autograd/backward.hpp) ----
+// ---- autograd hooks (found by argument-dependent lookup from core/autograd_record.hpp and autograd/backward.hpp) ----
 
 /// a + b (same shape, contiguous): summing two gradients of one device tensor.
 template <class T>

@@ -2,6 +2,7 @@
 // CUDA twins of ops/activation.hpp: element-wise activations (out of place and in place), GEGLU, and their
 // backward kernels. Float arithmetic with CUDA's accurate libm (expf, erff, tanhf: <= 2 ulp), so float results
 // differ from the CPU's by a few ulp.
+#include "adabldm/core/autograd_record.hpp"
 #include "adabldm/core/cuda/tensor.cuh"
 #include "adabldm/ops/activation.hpp"
 

@@ -14,6 +14,7 @@
 // and bfloat16 the forward runs on tensor cores instead (ops/cuda/attention_tc.cuh, WMMA) when the head widths
 // allow it (<= 256 and the shared memory fits) and cuda::tensor_core_attention() is on (the default); it saves the
 // same log-sum-exp, so the backward below serves both forwards.
+#include "adabldm/core/autograd_record.hpp"
 #include "adabldm/core/cuda/tensor.cuh"
 #include "adabldm/ops/attention.hpp"
 #include "adabldm/ops/cuda/attention_tc.cuh"

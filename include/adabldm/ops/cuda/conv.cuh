@@ -16,6 +16,7 @@
 #include <mutex>
 #include <tuple>
 
+#include "adabldm/core/autograd_record.hpp"
 #include "adabldm/ops/conv.hpp"
 #include "adabldm/ops/cuda/elementwise.cuh"
 

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <vector>
 
+#include "adabldm/core/autograd_record.hpp"
 #include "adabldm/core/cuda/tensor.cuh"
 #include "adabldm/ops/elementwise.hpp"
 

@@ -3,6 +3,7 @@
 // embedding (computed on the host with the CPU op, a few KB, then uploaded: identical values).
 #include <map>
 
+#include "adabldm/core/autograd_record.hpp"
 #include "adabldm/core/cuda/tensor.cuh"
 #include "adabldm/ops/embedding.hpp"
 

@@ -12,6 +12,7 @@
 #include <tuple>
 #include <type_traits>
 
+#include "adabldm/core/autograd_record.hpp"
 #include "adabldm/ops/cuda/elementwise.cuh"
 #include "adabldm/ops/cuda/reduce.cuh"
 #include "adabldm/ops/matmul.hpp"

@@ -7,6 +7,7 @@
 // Group norm forward: (1) partial moments of fixed chunks of each (sample, group) range in parallel blocks,
 // (2) one thread per group merges its chunks in order, (3) one element-wise pass applies scale, shift and the
 // activation. Layer norm: one block per row.
+#include "adabldm/core/autograd_record.hpp"
 #include "adabldm/ops/cuda/activation.cuh"
 #include "adabldm/ops/cuda/reduce.cuh"
 #include "adabldm/ops/norm.hpp"

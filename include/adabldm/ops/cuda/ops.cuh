@@ -6,10 +6,8 @@
 #include "adabldm/ops/cuda/conv.cuh"
 #include "adabldm/ops/cuda/elementwise.cuh"
 #include "adabldm/ops/cuda/embedding.cuh"
-#include "adabldm/ops/cuda/loss.cuh"
 #include "adabldm/ops/cuda/matmul.cuh"
 #include "adabldm/ops/cuda/norm.cuh"
-#include "adabldm/ops/cuda/optim.cuh"
 #include "adabldm/ops/cuda/softmax.cuh"
 
 #define ADABLDM_CUDA_OPS_INCLUDED 1

@@ -1,6 +1,7 @@
 #pragma once
 // CUDA twin of ops/softmax.hpp: softmax over the last dimension (max-subtracted) and its backward
 // dx = y * (dy - sum(dy * y)), one block per row.
+#include "adabldm/core/autograd_record.hpp"
 #include "adabldm/ops/cuda/norm.cuh"
 #include "adabldm/ops/softmax.hpp"
 

@@ -16,6 +16,8 @@
 // SD2's OpenCLIP tower has 24 layers, uses exact GELU (CLIPTextConfig hidden_act "gelu") and the SD2 pipelines
 // condition on the penultimate layer: `clip_from_ldm_sd2(sd, 23)` drops resblocks.23 (diffusers' text_encoder
 // layout, then use last_hidden_state), or keep all 24 and use ClipTextModel::clip_skip_output(out, 1).
+// Knowledge about the models' files, so it lives next to the model loader in models/; the names stay in
+// namespace io, where they were before the move (docs/architecture.md, "Layers").
 #include <cstring>
 #include <string>
 #include <vector>

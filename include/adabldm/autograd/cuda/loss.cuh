@@ -3,6 +3,7 @@
 // squared errors is reduced in fixed-size chunks (one block each, a float tree sum), then the chunks' sums are
 // added in order in double: deterministic. The loss is a rank-0 device tensor.
 #include "adabldm/autograd/loss.hpp"
+#include "adabldm/core/autograd_record.hpp"
 #include "adabldm/ops/cuda/elementwise.cuh"
 
 namespace adabldm::autograd {

@@ -10,6 +10,8 @@
 //                                   to_out.0}, the q/k/v/proj_out 1x1-conv weights [C, C, 1, 1] <-> Linear [C, C]
 //   {side}.norm_out <-> {side}.conv_norm_out; conv_in, conv_out, quant_conv, post_quant_conv keep their names.
 // Tensors are shared, never copied (a reshape only changes the recorded shape).
+// Knowledge about the models' files, so it lives next to the model loader in models/; the names stay in
+// namespace io, where they were before the move (docs/architecture.md, "Layers").
 #include <algorithm>
 #include <array>
 #include <string>

@@ -3,6 +3,8 @@
 // t ~ U{0, ..., N-1} per batch item, noise ~ N(0, 1), z_t = add_noise(x0, noise, t), and the mean squared error
 // between the model's prediction at (z_t, t) and the scheduler's target (the noise for epsilon prediction, the
 // velocity for v-prediction, x0 for sample prediction).
+// The training objective of the recipe (it needs the noise schedule), so it lives in defect/; its names stay in
+// namespace autograd, where they were before the move (docs/architecture.md, "Layers").
 #include <cmath>
 #include <type_traits>
 #include <vector>

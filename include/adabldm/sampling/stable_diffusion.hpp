@@ -1,6 +1,8 @@
 #pragma once
 // A Stable Diffusion model set: UNet, VAE, text encoder, tokenizer, noise schedule, and an optional ControlNet
-// (the trimap encoder), loaded from one source (diffusers pipeline folder or single file).
+// (the trimap encoder), loaded from one source (diffusers pipeline folder or single file). It lives in sampling/
+// because it holds the noise schedule (sampling::SchedulerConfig); its names stay in namespace models, where
+// they were before the move (docs/architecture.md, "Layers").
 #include <filesystem>
 #include <optional>
 #include <string>

@@ -3,6 +3,8 @@
 // The translation is one function, diffusers name -> original name, driven by the architecture; loading a
 // single file visits the model, builds the reverse table from it and renames the file's tensors. Names the
 // table does not know stay as they are, so the loader reports them as unexpected under their real name.
+// Knowledge about the models' files, so it lives next to the model loader in models/; the names stay in
+// namespace io, where they were before the move (docs/architecture.md, "Layers").
 #include <map>
 #include <string>
 #include <vector>

@@ -3,6 +3,8 @@
 // hold (so that from_json reads back the same struct), under the names and in the forms diffusers writes
 // (a list of equal values as one number, as SD's configs have it). Fields the structs do not keep (dropout,
 // upcast_attention, force_upcast, ...) are left to the library defaults of whoever reads the file.
+// Knowledge about the models' files, so it lives next to the model loader in models/; the names stay in
+// namespace io, where they were before the move (docs/architecture.md, "Layers").
 #include <cmath>
 #include <cstdint>
 #include <string>

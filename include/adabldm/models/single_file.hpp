@@ -2,6 +2,8 @@
 // Single-file Stable Diffusion checkpoints in the original layout: which components a file holds (by key
 // prefix) and the architecture of each, inferred from tensor shapes for the standard SD1.x / SD2.x families.
 // What shapes cannot tell (head counts, GroupNorm groups of non-standard models) must come from a user config.
+// Knowledge about the models' files, so it lives next to the model loader in models/; the names stay in
+// namespace io, where they were before the move (docs/architecture.md, "Layers").
 #include <string>
 #include <vector>
 
@@ -15,7 +17,7 @@ namespace adabldm::io {
 namespace ldm_prefix {
 inline constexpr const char* unet = "model.diffusion_model.";
 inline constexpr const char* vae = "first_stage_model.";
-// The text encoder's prefixes (SD1.x CLIP, SD2.x OpenCLIP) are in io/ldm_clip_keys.hpp.
+// The text encoder's prefixes (SD1.x CLIP, SD2.x OpenCLIP) are in models/ldm_clip_keys.hpp.
 inline constexpr const char* controlnet = "control_model.";
 }  // namespace ldm_prefix
 
