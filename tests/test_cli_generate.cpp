@@ -490,3 +490,51 @@ TEST_CASE("generate / train / sample: every bad option or input is one line, exi
     }
   fs::remove_all(dir);
 }
+
+TEST_CASE("train-base: both stages from scratch, exact resume, and the folder drives train and generate") {
+  const auto dir = temp_dir("train_base");
+  const std::string ok = " --ok " + golden::path("magnetic-tile/ok") + " --size 32 --batch 2 --quiet --seed 2";
+  const auto straight = dir / "straight", resumed = dir / "resumed";
+  auto r = cli("train-base --stage vae" + ok + " --steps 4 --out " + straight.string());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  r = cli("train-base --stage vae" + ok + " --steps 2 --out " + resumed.string());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  r = cli("train-base --stage vae" + ok + " --steps 4 --out " + resumed.string());  // the same command, continued
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  auto losses = [](const fs::path& csv) {
+    std::vector<std::string> out;
+    for (const auto& l : lines(csv)) out.push_back(l.substr(0, l.rfind(',')));  // step,loss (not the seconds)
+    return out;
+  };
+  const auto a = losses(straight / "train_state" / "vae_loss.csv");
+  REQUIRE(a.size() == 5);
+  CHECK(a == losses(resumed / "train_state" / "vae_loss.csv"));
+  CHECK(slurp(straight / "vae" / "diffusion_pytorch_model.safetensors") ==
+        slurp(resumed / "vae" / "diffusion_pytorch_model.safetensors"));
+  r = cli("train-base --stage unet" + ok + " --steps 3 --out " + straight.string());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  CHECK(lines(straight / "train_state" / "unet_loss.csv").size() == 4);
+  // A diffusers folder: the exported weights are float16, the posterior deterministic.
+  const auto vae = io::SafeTensors::open((straight / "vae" / "diffusion_pytorch_model.safetensors").string());
+  CHECK(vae.info("quant_conv.bias").dtype == DType::F16);
+  CHECK(float(vae.get<float>("quant_conv.bias").data()[4]) == -30.0f);
+  // It is a --model for train (a factor-4 autoencoder: the trimap encoder's hint block downsamples by 4) and
+  // for generate.
+  const std::string data = " --ok " + golden::path("magnetic-tile/ok") + " --ng " + golden::path("magnetic-tile/ng") +
+                           " --masks " + golden::path("magnetic-tile/masks") + " --object tile --defect crack --quiet";
+  r = cli("train --model " + straight.string() + data + " --size 32 --steps 2 --out " + (dir / "te.safetensors").string());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  r = cli("generate --model " + straight.string() + " --trimap-encoder " + (dir / "te.safetensors").string() + data +
+          " --size 32 --steps 4 --adapt-steps 2 -n 2 --out " + (dir / "gen").string());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  CHECK(read_image_u8((dir / "gen" / "images" / "000001.png").string()).width == 32);
+  // Refusals.
+  r = cli("train-base --stage unet" + ok + " --steps 2 --out " + (dir / "empty").string());
+  CHECK(r.code == 1);
+  CHECK(r.err.find("train the autoencoder first") != std::string::npos);
+  r = cli("train-base --stage gan" + ok + " --steps 2 --out " + (dir / "x").string());
+  CHECK(r.err.find("--stage gan: expected vae or unet") != std::string::npos);
+  r = cli("train-base --stage vae" + ok + " --steps 2 --size 40 --out " + (dir / "x").string());
+  CHECK(r.err.find("must be a multiple of 16") != std::string::npos);
+  fs::remove_all(dir);
+}

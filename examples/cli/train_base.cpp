@@ -21,7 +21,7 @@
 #include <vector>
 
 #include <adabldm/adabldm.hpp>
-#include <adabldm/io/config_json.hpp>
+#include <adabldm/models/config_json.hpp>
 
 #include "args.hpp"
 #include "commands.hpp"

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include <adabldm/defect/training.hpp>
 
@@ -112,7 +113,11 @@ int train_on(const Args& args) {
     cn = models::load_controlnet(models::ModelSource(args.get("init"), opt));
   } else {
     Rng rng(derive_seed(static_cast<uint64_t>(args.integer("seed", 0)), 0xC0DE));
-    cn = models::ControlNetModel<float>::from_unet(sd.unet, 3, {16, 32, 96, 256}, rng);
+    // The hint block downsamples the trimap to the latent size: one stride-2 stage per factor of 2 of the VAE
+    // (SD's factor 8: 16, 32, 96, 256 channels as ControlNet; a factor-4 model: 16, 32, 96).
+    std::vector<int64_t> hint{16};
+    for (int64_t f = sd.vae_scale(), i = 0; f > 1; f /= 2, ++i) hint.push_back(std::vector<int64_t>{32, 96, 256, 256}[std::min<int64_t>(i, 3)]);
+    cn = models::ControlNetModel<float>::from_unet(sd.unet, 3, hint, rng);
   }
   auto cn_on_device = nn::convert<float, Dev>(cn);  // (the CPU: the same module)
   defect::TrimapEncoderTrainer<Dev> trainer(sd, cn_on_device, std::move(data), topt);
