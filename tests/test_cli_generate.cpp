@@ -118,6 +118,13 @@ TEST_CASE("generate: shards equal the single run byte for byte; resume skips fin
   CHECK(first["prompt"] == "a tile with a blowhole");
   CHECK(first["adapted"] == true);
   CHECK(first["adapt_steps"] == 2);
+  // --contact-sheet: OK | generated | mask per sample, the 64 px cells enlarged to 128 (examples/cli/contact_sheet.hpp).
+  r = cli(gen_args(sharded) + " -n 2 --contact-sheet --resume");
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  const auto sheet = read_image_u8((sharded / "contact_sheet.png").string());
+  CHECK(sheet.width == 3 * 128 + 4 * 4);
+  CHECK(sheet.height == 22 + 2 * (22 + 128 + 4));
+  fs::remove(sharded / "contact_sheet.png");
   // --resume: nothing new; after deleting one image only that one is redone, with the same bytes.
   r = cli(gen_args(full) + " -n 4 --resume");
   REQUIRE(r.code == 0);
@@ -536,5 +543,42 @@ TEST_CASE("train-base: both stages from scratch, exact resume, and the folder dr
   CHECK(r.err.find("--stage gan: expected vae or unet") != std::string::npos);
   r = cli("train-base --stage vae" + ok + " --steps 2 --size 40 --out " + (dir / "x").string());
   CHECK(r.err.find("must be a multiple of 16") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("the embedded default model: generate with no --model runs the method end to end (models/tile-64)" * doctest::skip()) {  // NOT YET SHIPPED
+  const auto dir = temp_dir("embedded");
+  // The README's first command, shortened: 2 samples, 10 DDIM steps, 40 adaptation steps.
+  auto r = cli("generate -n 2 --steps 10 --adapt-steps 40 --out " + (dir / "demo").string());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  CHECK(r.err.find("contact sheet") != std::string::npos);  // it says where the output is
+  const auto manifest = lines(dir / "demo" / "manifest.jsonl");
+  REQUIRE(manifest.size() == 2);
+  for (const auto& l : manifest) {
+    const auto j = io::Json::parse(l);
+    CAPTURE(l);
+    CHECK(j["prompt"] == "a tile with a crack");
+    CHECK(j["adapted"] == true);
+    const auto mask = read_image_u8((dir / "demo" / j["mask"].get<std::string>()).string());
+    int64_t on = 0;
+    for (auto v : mask.pixels) {
+      REQUIRE((v == 0 || v == 255));
+      on += v == 255;
+    }
+    CHECK(on > 0);
+    const auto& c = j["change"];
+    // The defect is generated (the image differs from its OK source inside the mask) and the background kept.
+    CHECK(c["defect_mean_abs_change"].get<double>() > 2 * c["background_mean_abs_change"].get<double>());
+    CHECK(c["background_psnr_db"].get<double>() > 20.0);
+  }
+  const auto sheet = read_image_u8((dir / "demo" / "contact_sheet.png").string());
+  CHECK(sheet.width == 3 * 128 + 4 * 4);
+  CHECK(sheet.height == 22 + 2 * (22 + 128 + 4));
+  // --defect break uses the other trimap encoder and sample set; an unknown type says which exist.
+  r = cli("generate -n 1 --steps 4 --no-adapt --defect break --quiet --out " + (dir / "break").string());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  r = cli("generate -n 1 --defect scratch --quiet --out " + (dir / "scratch").string());
+  CHECK(r.code == 1);
+  CHECK(r.err.find("no trimap encoder for --defect scratch") != std::string::npos);
   fs::remove_all(dir);
 }

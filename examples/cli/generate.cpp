@@ -1,13 +1,66 @@
 // adabldm generate on the CPU, or handed to the CUDA build (cuda_commands.cu). See generate_run.hpp.
+#include <cstdlib>
+#include <filesystem>
+
 #include "generate_run.hpp"
 
 namespace cli {
+namespace {
+
+/// The folder of the embedded default model and demo samples: $ADABLDM_MODELS_DIR, else the repository's models/.
+std::string models_dir() {
+  if (const char* env = std::getenv("ADABLDM_MODELS_DIR"); env && *env) return env;
+#ifdef ADABLDM_MODELS_DIR
+  return ADABLDM_MODELS_DIR;
+#else
+  throw adabldm::Error("no --model given and no embedded model: set $ADABLDM_MODELS_DIR to adabldm's models/ folder");
+#endif
+}
+
+/// With none of --model, --ok, --ng, --masks: the embedded demo (docs/demo.md) — the small magnetic-tile model of
+/// models/, its trimap encoder for --defect (crack by default) and the shipped sample images, 8 samples with a
+/// contact sheet into ./adabldm-demo. The defaults are a prefix of the command line, so any option given
+/// overrides them.
+std::vector<std::string> with_embedded_defaults(int argc, char** argv, const Args& given) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> out(argv, argv + 2);
+  if (given.has("model") || given.has("ok") || given.has("ng") || given.has("masks")) {
+    out.assign(argv, argv + argc);
+    return out;
+  }
+  const fs::path models = models_dir();
+  const std::string defect = given.get("defect", "crack");
+  const fs::path model = models / "tile-64", samples = models / "samples";
+  const fs::path trimap = model / ("trimap-" + defect + ".safetensors");
+  adabldm::check<adabldm::IoError>(fs::is_directory(model), "no --model given and the embedded model ", model.string(),
+                                   " is missing; give --model (and --ok, --ng, --masks)");
+  adabldm::check<adabldm::IoError>(fs::exists(trimap), "no --model given: the embedded model has no trimap encoder for "
+                                   "--defect ", defect, " (", trimap.string(), "); use crack or break, or give --model");
+  for (const std::string& a : std::vector<std::string>{"--model", model.string(), "--trimap-encoder", trimap.string(), "--ok", (samples / "ok").string(), "--ng",
+        (samples / defect / "ng").string(), "--masks", (samples / defect / "masks").string(), "--object", std::string("tile"),
+        "--defect", defect, "-n", std::string("8"), "--size", std::string("64"), "--out", std::string("adabldm-demo"),
+        "--contact-sheet"})
+    out.push_back(a);
+  for (int i = 2; i < argc; ++i) out.push_back(argv[i]);
+  return out;
+}
+
+}  // namespace
 
 int cmd_generate(int argc, char** argv) {
-  const Args args = generate_args(argc, argv);
-  if (args.flag("help")) {
+  const Args given = generate_args(argc, argv);
+  if (given.flag("help")) {
     std::fputs(generate_detail::kUsage, stdout);
     return 0;
+  }
+  auto words = with_embedded_defaults(argc, argv, given);
+  std::vector<char*> ptrs;
+  for (auto& w : words) ptrs.push_back(w.data());
+  const Args args = generate_args(static_cast<int>(ptrs.size()), ptrs.data());
+  if (static_cast<int>(words.size()) != argc && !args.flag("quiet")) {
+    std::string line = "adabldm generate: no --model: the embedded demo model and samples (docs/demo.md):\n ";
+    for (std::size_t i = 0; i < words.size(); ++i) line += " " + words[i];
+    std::fprintf(stderr, "%s\n", line.c_str());
   }
   adabldm::check(args.positional().empty(), "unexpected argument \"", args.positional().empty() ? "" : args.positional()[0], "\"");
   const auto where = parse_device(args, {"f16", "f32"});

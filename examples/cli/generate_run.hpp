@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <string>
 #include <type_traits>
@@ -23,6 +24,7 @@
 #include <adabldm/io/image.hpp>
 
 #include "args.hpp"
+#include "contact_sheet.hpp"
 #include "commands.hpp"
 #include "device.hpp"
 #include "dataset.hpp"
@@ -68,6 +70,9 @@ inline const char* kUsage =
     "  --tf32                  cuda: allow TF32 tensor cores for f32 matrix products and convolutions\n"
     "  --adapt-dtype f32|bf16  cuda: the decoder adaptation's compute type (bf16: mixed precision with f32 master\n"
     "                          weights and AdamW; default f32)\n"
+    "  --contact-sheet         also write OUT/contact_sheet.png: OK image | generated | mask overlay, one row per\n"
+    "                          sample (the first --contact-rows, default 16, of this run), labelled #index, seed\n"
+    "                          and prompt\n"
     "  --quiet                 no progress output\n";
 
 inline std::string index_name(int64_t i) {
@@ -104,8 +109,41 @@ inline Args generate_args(int argc, char** argv) {
   return Args(argc, argv, 2,
               {"model", "trimap-encoder", "config", "ok", "ng", "masks", "object", "defect", "prompt-template", "n",
                "out", "seed", "shard", "preset", "steps", "guidance", "size", "foreground", "adapt-steps", "device",
-               "dtype", "adapt-dtype", "min-fit-scale"},
-              {"help", "no-adapt", "resume", "quiet", "translate-only", "tf32"});
+               "dtype", "adapt-dtype", "min-fit-scale", "contact-rows"},
+              {"help", "no-adapt", "resume", "quiet", "translate-only", "tf32", "contact-sheet"});
+}
+
+/// A contact-sheet row; samples smaller than 128 px are enlarged (nearest) so that they can be seen.
+inline ContactRow contact_row(const adabldm::Tensor<float>& ok, const adabldm::Tensor<float>& image,
+                              const adabldm::Tensor<float>& mask, const std::string& label) {
+  const int64_t s = image.dim(2), k = (127 + s) / s;
+  auto up = [&](const adabldm::Tensor<float>& t) {
+    return k > 1 ? adabldm::defect::resize_nearest(t, static_cast<int>(s * k), static_cast<int>(s * k)) : t;
+  };
+  return {up(ok), up(image), up(mask), label};
+}
+
+/// How the sample differs from its OK image (both [1, 3, S, S] in [-1, 1]), inside and outside the defect mask:
+/// mean |difference| in [0, 1] units, and the PSNR of the background (the part the method must keep).
+inline nlohmann::json change_metrics(const adabldm::Tensor<float>& ok, const adabldm::Tensor<float>& image,
+                                     const adabldm::Tensor<float>& mask) {
+  const auto o = ok.contiguous(), g = image.contiguous(), m = mask.contiguous();
+  const int64_t plane = m.numel();
+  double in_abs = 0, out_abs = 0, out_sq = 0;
+  int64_t in_n = 0, out_n = 0;
+  for (int64_t c = 0; c < 3; ++c)
+    for (int64_t i = 0; i < plane; ++i) {
+      const double d = 0.5 * (std::clamp(g.data()[c * plane + i], -1.0f, 1.0f) - o.data()[c * plane + i]);  // [0, 1] units
+      if (m.data()[i] >= 0.5f) {
+        in_abs += std::fabs(d), ++in_n;
+      } else {
+        out_abs += std::fabs(d), out_sq += d * d, ++out_n;
+      }
+    }
+  const double mse = out_n ? out_sq / static_cast<double>(out_n) : 0.0;
+  return {{"defect_mean_abs_change", in_n ? in_abs / static_cast<double>(in_n) : 0.0},
+          {"background_mean_abs_change", out_n ? out_abs / static_cast<double>(out_n) : 0.0},
+          {"background_psnr_db", mse > 0 ? 10.0 * std::log10(1.0 / mse) : 99.0}};
 }
 
 /// No NaN or Inf anywhere in t.
@@ -124,6 +162,7 @@ struct GenerateSettings {
   adabldm::PipelineOptions pipeline;
   std::string object, defect, out, foreground;
   bool resume = false, quiet = false;
+  int contact_rows = 0;  ///< --contact-sheet: the first this many samples of the run in OUT/contact_sheet.png
 };
 
 inline GenerateSettings generate_settings(const Args& args) {
@@ -157,6 +196,7 @@ inline GenerateSettings generate_settings(const Args& args) {
                  g.foreground, ": not all, auto or a folder");
   g.resume = args.flag("resume");
   g.quiet = args.flag("quiet");
+  if (args.flag("contact-sheet")) g.contact_rows = static_cast<int>(args.integer_in("contact-rows", 16, 1, 256));
   return g;
 }
 
@@ -235,9 +275,11 @@ int generate_on(const Args& args) {
     Rng pick(derive_seed(s, 1));
     const auto ok_index = static_cast<std::size_t>(pick.uniform_int(0, static_cast<int64_t>(ok_files.size()) - 1));
     DefectSample sample;
+    Tensor<float> job_ok;
     try {
+      job_ok = read_image(ok_files[ok_index].string());
       DefectJob job;
-      job.ok = read_image(ok_files[ok_index].string());
+      job.ok = job_ok;
       job.defects = defects;
       job.object = g.object;
       job.defect = g.defect;
@@ -281,9 +323,37 @@ int generate_on(const Args& args) {
                            {"foreground", fg_mode},
                            {"adapted", sample.adapted},
                            {"adapt_steps", sample.adapted ? o.adaptation.steps : 0},
+                           {"change", change_metrics(pipe.prepare_image(job_ok), sample.image, sample.mask)},
                            {"timings", sample.timings}};
     append_line(manifest, line.dump());
     ++finished;
+  }
+  if (g.contact_rows > 0) {
+    // From what is in OUT (so a resumed or sharded run gets one too): this process's indices, lowest first.
+    std::map<int64_t, nlohmann::json> written;
+    std::ifstream in(manifest);
+    for (std::string l; std::getline(in, l);) {
+      try {
+        const auto j = nlohmann::json::parse(l);
+        const int64_t i = j.at("index").get<int64_t>();
+        if (i < g.n && (i - g.shard.index) % g.shard.count == 0) written[i] = j;
+      } catch (const nlohmann::json::exception&) {
+      }
+    }
+    std::vector<ContactRow> sheet;
+    for (const auto& [i, j] : written) {
+      if (static_cast<int>(sheet.size()) == g.contact_rows) break;
+      sheet.push_back(contact_row(pipe.prepare_image(read_image(j["ok_source"].template get<std::string>())),
+                                  read_image((fs::path(out) / j["image"].template get<std::string>()).string()),
+                                  read_mask((fs::path(out) / j["mask"].template get<std::string>()).string()),
+                                  "#" + std::to_string(i) + " seed " + std::to_string(g.seed) + ": " +
+                                      j["prompt"].template get<std::string>()));
+    }
+    if (!sheet.empty()) {
+      const auto path = fs::path(out) / "contact_sheet.png";
+      write_contact_sheet(path.string(), sheet);
+      run.note("contact sheet (OK image | generated | mask, " + std::to_string(sheet.size()) + " rows): " + path.string());
+    }
   }
   if (failed == 0) {
     run.finish("generated " + std::to_string(finished) + " samples into " + out);

@@ -40,6 +40,8 @@ inline const char* kUsage =
     "  --save-every N          also write the checkpoint every N steps\n"
     "  --resume CKPT           continue a run exactly from its checkpoint\n"
     "  --log LOSS.csv          one row per step: step,loss,seconds\n"
+    "  --export FILE           at the end, also the trimap encoder alone in float16 (what --trimap-encoder reads,\n"
+    "                          without the optimiser state: a third of the checkpoint's size)\n"
     "  --size PX               training size (default 256)\n"
     "  --prompt-dropout P      fraction of empty prompts (the paper: 0.1; official code and default: 0)\n"
     "  --min-fit-scale S       smallest scale a pasted defect that does not fit is shrunk to (default 0.25)\n"
@@ -53,7 +55,7 @@ inline Args train_args(int argc, char** argv) {
   return Args(argc, argv, 2,
               {"model", "config", "init", "ok", "ng", "masks", "object", "defect", "prompt-template", "steps", "out",
                "batch", "accum", "lr", "seed", "save-every", "resume", "log", "size", "prompt-dropout", "device", "dtype",
-               "min-fit-scale"},
+               "min-fit-scale", "export"},
               {"help", "quiet", "anisotropic", "tf32"});
 }
 
@@ -158,6 +160,7 @@ int train_on(const Args& args) {
     if (save_every > 0 && trainer.step() % save_every == 0 && trainer.step() < steps) trainer.save(out);
   }
   trainer.save(out);
+  if (args.has("export")) trainer.export_weights(args.get("export"), true);
   if (skipped == 0) {
     progress.finish("trained " + std::to_string(steps - first) + " steps; wrote " + out);
     return 0;

@@ -156,6 +156,24 @@ class TrimapEncoderTrainer {
         .metadata("seed", std::to_string(opt_.seed));
     w.write(path);
   }
+  /// The trimap encoder alone, as `generate --trimap-encoder` reads it (no optimiser state), its weights in float16
+  /// when `f16` (half the size; they load into any storage type).
+  void export_weights(const std::string& path, bool f16 = true) const {
+    auto& cn = const_cast<models::ControlNetModel<float, Dev>&>(cn_);
+    io::SafeTensorsWriter w;
+    cn.visit("", [&](const std::string& name, auto& p) {
+      const auto host = download_as<float>(p.value.detach());
+      if (f16)
+        w.add("controlnet." + name, convert_as<half>(host));
+      else
+        w.add("controlnet." + name, host);
+    });
+    w.metadata("format", "adabldm-trimap-encoder")
+        .metadata("controlnet_config", io::controlnet_config_json(cn_.config).dump())
+        .metadata("step", std::to_string(step_))
+        .metadata("seed", std::to_string(opt_.seed));
+    w.write(path);
+  }
   /// Continues from a checkpoint written by save(): weights, optimiser state and step.
   void resume(const std::string& path) {
     const auto file = io::SafeTensors::open(path).state_dict();
