@@ -14,7 +14,7 @@ cli="$build/bin/adabldm"
 [ -x "$cli" ] || { echo "no $cli: build first" >&2; exit 2; }
 src="$shared/magnetic-tile"
 model="$work/tile-64"
-VAE_STEPS=${VAE_STEPS:-4000} UNET_STEPS=${UNET_STEPS:-12000} TRIMAP_STEPS=${TRIMAP_STEPS:-1500}
+VAE_STEPS=${VAE_STEPS:-1400} UNET_STEPS=${UNET_STEPS:-3000} TRIMAP_STEPS=${TRIMAP_STEPS:-3000}
 
 "$cli" train-base --stage vae --ok "$src/ok" --out "$model" --size 64 --batch 8 --steps "$VAE_STEPS"
 "$cli" train-base --stage unet --ok "$src/ok" --out "$model" --size 64 --batch 8 --steps "$UNET_STEPS"
@@ -28,7 +28,7 @@ for defect in crack break; do
   resume=()
   [ -f "$ckpt" ] && resume=(--resume "$ckpt")
   "$cli" train --model "$model" --ok "$src/ok" --ng "$data/ng" --masks "$data/masks" --object tile --defect "$defect" \
-    --size 64 --batch 4 --lr 1e-4 --steps "$TRIMAP_STEPS" --save-every 100 --out "$ckpt" --log "$work/trimap-$defect.csv" \
+    --size 64 --batch 4 --lr 2e-4 --steps "$TRIMAP_STEPS" --save-every 100 --out "$ckpt" --log "$work/trimap-$defect.csv" \
     --export "$work/trimap-$defect-f16.safetensors" "${resume[@]}"
 done
 
@@ -41,4 +41,5 @@ for defect in crack break; do
   cp "$work/trimap-$defect-f16.safetensors" "$dest/trimap-$defect.safetensors"
   cp "$work/trimap-$defect.csv" "$dest/curves/trimap-${defect}_loss.csv"
 done
+scripts/plot_losses.sh "$dest/curves" "$dest/curves/losses.png" || true
 echo "models/tile-64: $(du -sh "$dest" | cut -f1)"

@@ -18,9 +18,8 @@ std::string models_dir() {
 }
 
 /// With none of --model, --ok, --ng, --masks: the embedded demo (docs/demo.md) — the small magnetic-tile model of
-/// models/, its trimap encoder for --defect (crack by default) and the shipped sample images, 8 samples with a
-/// contact sheet into ./adabldm-demo. The defaults are a prefix of the command line, so any option given
-/// overrides them.
+/// models/, its trimap encoder for --defect (break by default; crack is faint, docs/demo.md) and the shipped
+/// sample images, 8 samples with a contact sheet into ./adabldm-demo. An option the user gives replaces its default.
 std::vector<std::string> with_embedded_defaults(int argc, char** argv, const Args& given) {
   namespace fs = std::filesystem;
   std::vector<std::string> out(argv, argv + 2);
@@ -29,18 +28,23 @@ std::vector<std::string> with_embedded_defaults(int argc, char** argv, const Arg
     return out;
   }
   const fs::path models = models_dir();
-  const std::string defect = given.get("defect", "crack");
+  const std::string defect = given.get("defect", "break");
   const fs::path model = models / "tile-64", samples = models / "samples";
   const fs::path trimap = model / ("trimap-" + defect + ".safetensors");
   adabldm::check<adabldm::IoError>(fs::is_directory(model), "no --model given and the embedded model ", model.string(),
                                    " is missing; give --model (and --ok, --ng, --masks)");
   adabldm::check<adabldm::IoError>(fs::exists(trimap), "no --model given: the embedded model has no trimap encoder for "
                                    "--defect ", defect, " (", trimap.string(), "); use crack or break, or give --model");
-  for (const std::string& a : std::vector<std::string>{"--model", model.string(), "--trimap-encoder", trimap.string(), "--ok", (samples / "ok").string(), "--ng",
-        (samples / defect / "ng").string(), "--masks", (samples / defect / "masks").string(), "--object", std::string("tile"),
-        "--defect", defect, "-n", std::string("8"), "--size", std::string("64"), "--out", std::string("adabldm-demo"),
-        "--contact-sheet"})
-    out.push_back(a);
+  const std::vector<std::pair<std::string, std::string>> defaults = {
+      {"model", model.string()}, {"trimap-encoder", trimap.string()}, {"ok", (samples / "ok").string()},
+      {"ng", (samples / defect / "ng").string()}, {"masks", (samples / defect / "masks").string()},
+      {"object", "tile"}, {"defect", defect}, {"n", "8"}, {"size", "64"}, {"out", "adabldm-demo"}};
+  for (const auto& [name, value] : defaults) {
+    if (given.has(name)) continue;  // the user's value, below
+    out.push_back(name == "n" ? "-n" : "--" + name);
+    out.push_back(value);
+  }
+  if (!given.flag("contact-sheet")) out.push_back("--contact-sheet");
   for (int i = 2; i < argc; ++i) out.push_back(argv[i]);
   return out;
 }

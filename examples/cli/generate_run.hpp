@@ -54,6 +54,7 @@ inline const char* kUsage =
     "  --preset P              official (default) | corrected | bld\n"
     "  --steps N               DDIM steps (default 50)\n"
     "  --guidance G            classifier-free guidance (default 9)\n"
+    "  --control-scale S       scale of the trimap encoder's residuals (default 1)\n"
     "  --size PX               working size; images and masks are resized to PX x PX (default 256)\n"
     "  --foreground F          all (default: textures) | auto (unsupervised, from the OK images) | DIR of masks\n"
     "                          named like the OK images\n"
@@ -109,7 +110,7 @@ inline Args generate_args(int argc, char** argv) {
   return Args(argc, argv, 2,
               {"model", "trimap-encoder", "config", "ok", "ng", "masks", "object", "defect", "prompt-template", "n",
                "out", "seed", "shard", "preset", "steps", "guidance", "size", "foreground", "adapt-steps", "device",
-               "dtype", "adapt-dtype", "min-fit-scale", "contact-rows"},
+               "dtype", "adapt-dtype", "min-fit-scale", "contact-rows", "control-scale"},
               {"help", "no-adapt", "resume", "quiet", "translate-only", "tf32", "contact-sheet"});
 }
 
@@ -179,6 +180,7 @@ inline GenerateSettings generate_settings(const Args& args) {
   check(o.preset != sampling::Preset::None, "--preset none is not a defect-generation preset (use adabldm sample)");
   o.steps = static_cast<int>(args.integer_in("steps", 50, 2, 1000));
   o.guidance = args.number_in("guidance", 9.0, 0.0, 100.0);
+  o.control_scale = static_cast<float>(args.number_in("control-scale", 1.0, 0.0, 100.0));
   o.size = static_cast<int>(args.integer_in("size", 256, 8, 4096));
   check(o.size % 8 == 0, "option --size ", o.size, ": must be a multiple of 8 (the autoencoder's downscale)");
   if (args.has("prompt-template")) o.prompt_template = args.get("prompt-template");

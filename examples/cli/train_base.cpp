@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -172,6 +173,14 @@ int run_stage(const char* stage, const StageSettings& s, M& model, autograd::Ada
   Progress progress(static_cast<int>(std::max<int64_t>(1, s.steps - done)), s.quiet);
   if (done > 0) progress.note(std::string("resuming the ") + stage + " stage at step " + std::to_string(done));
   fs::create_directories(state.parent_path());
+  if (done > 0 && fs::exists(csv)) {  // rows after the state's step were logged by a run that then stopped: redone
+    std::ifstream in(csv);
+    std::string kept, line;
+    for (int64_t row = 0; std::getline(in, line); ++row)
+      if (row == 0 || std::atoll(line.c_str()) <= done) kept += line + "\n";
+    in.close();
+    std::ofstream(csv, std::ios::trunc) << kept;
+  }
   std::ofstream log(csv, done > 0 ? std::ios::app : std::ios::trunc);
   check<IoError>(log.good(), csv.string(), ": cannot write");
   if (done == 0) log << "step,loss,seconds\n";
