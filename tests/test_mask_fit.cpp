@@ -133,7 +133,7 @@ TEST_CASE("every draw of every real mask is placed inside the image and the fore
       REQUIRE(count(fg) > 0);
       for (std::size_t k = 0; k < masks.size(); ++k) {
         // At the working size exactly like the pipeline does (no aspect preservation; a speck keeps its peak).
-        const auto src = defect::detail::binarise_keep_peak(resize_bilinear(masks[k].mask, size, size), 0.5f);
+        const auto src = resize_defect_mask(masks[k].mask, size, size);
         REQUIRE(count(src) > 0);
         const Box sb = bounding_box(src);
         const double a0 = static_cast<double>(count(src)), o0 = static_cast<double>(outline(src));
@@ -246,11 +246,11 @@ TEST_CASE("the draws of issue 11's two commands, seeds 0..50: every generate sam
                                                                                  {"magnetic-tile-cracks", "crack_007"}}) {
     const std::string base = std::string(ADABLDM_TEST_DATA) + "/" + dir + "/";
     const auto mask = read_mask(base + "masks/" + name + ".png");
-    masks.push_back({name, defect::detail::binarise_keep_peak(resize_bilinear(mask, 256, 256), 0.5f)});
+    masks.push_back({name, resize_defect_mask(mask, 256, 256)});
     const auto image = read_image(base + "ng/" + name + ".png");
     const double s = 256.0 / std::max(image.dim(2), image.dim(3));
     const int h = static_cast<int>(std::lround(image.dim(2) * s)), w = static_cast<int>(std::lround(image.dim(3) * s));
-    data.defects.push_back({resize_bilinear(image, h, w), defect::detail::binarise_keep_peak(resize_bilinear(mask, h, w), 0.5f), name});
+    data.defects.push_back({resize_bilinear(image, h, w), resize_defect_mask(mask, h, w), name});
   }
   const auto fg = all_foreground(256, 256);
   int redrawn = 0, shrunk = 0;

@@ -99,7 +99,7 @@ int train_on(const Args& args) {
     const double s = static_cast<double>(size) / std::max<int64_t>(d.image.dim(2), d.image.dim(3));
     const int h = std::max(1, static_cast<int>(std::lround(d.image.dim(2) * s))), w = std::max(1, static_cast<int>(std::lround(d.image.dim(3) * s)));
     data.defects.push_back({defect::resize_bilinear(d.image, h, w),
-                            defect::detail::binarise_keep_peak(defect::resize_bilinear(d.mask, h, w), 0.5f), d.name});
+                            defect::resize_defect_mask(d.mask, h, w), d.name});
   }
   data.prompt = fill_prompt(args.get("prompt-template", "a {object} with a {defect}"), object, defect_name);
 

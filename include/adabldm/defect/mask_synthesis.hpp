@@ -126,6 +126,12 @@ inline Tensor<float, Cpu> binarise_keep_peak(const Tensor<float, Cpu>& m, float 
 
 }  // namespace detail
 
+/// A real defect mask brought to out_h x out_w like its image (bilinear, > 0.5 is defect); a speck smaller than a
+/// pixel at that size keeps its peak pixel instead of vanishing.
+inline Tensor<float, Cpu> resize_defect_mask(const Tensor<float, Cpu>& mask, int out_h, int out_w) {
+  return detail::binarise_keep_peak(resize_bilinear(mask, out_h, out_w), 0.5f);
+}
+
 /// Crops `mask` (and `image`, if given, [1, C, H, W] of the same size) to the defect's box, rotates by angle_deg
 /// and scales by `scale` (skipped in translate-only mode at scale 1), re-binarises the mask and crops again
 /// to its box. `image_border` fills what the rotation brings in from outside (-1 = black for [-1, 1] images).
@@ -218,20 +224,24 @@ inline std::string cannot_fit_reason(const PatchPixels& p, const Tensor<float, C
 /// A uniform random top-left corner where every defect pixel lies on the foreground: rejection sampling with at
 /// most max_attempts draws, then, if none hit, every position is checked and one of those that fit is drawn
 /// (so "does not fit" is exact, and a narrow foreground costs one scan, not a hang). nullopt: nowhere.
+/// Without an rng it only answers whether the patch fits anywhere (the first fitting corner; nothing drawn).
 inline std::optional<std::pair<int, int>> find_position(const PatchPixels& p, const Tensor<float, Cpu>& fg,
-                                                        const ForegroundInfo& f, Rng& rng, int max_attempts) {
+                                                        const ForegroundInfo& f, Rng* rng, int max_attempts) {
   if (!cannot_fit_reason(p, fg, f).empty()) return std::nullopt;
   const int H = static_cast<int>(fg.dim(2)), W = static_cast<int>(fg.dim(3));
-  for (int attempt = 0; attempt < max_attempts; ++attempt) {
-    const int y0 = static_cast<int>(rng.uniform_int(0, H - p.h)), x0 = static_cast<int>(rng.uniform_int(0, W - p.w));
+  for (int attempt = 0; rng && attempt < max_attempts; ++attempt) {
+    const int y0 = static_cast<int>(rng->uniform_int(0, H - p.h)), x0 = static_cast<int>(rng->uniform_int(0, W - p.w));
     if (lies_inside(p, fg, y0, x0)) return std::pair<int, int>{y0, x0};
   }
   std::vector<std::pair<int, int>> fits;  // only corners whose box lies in the foreground's box can fit
   for (int y0 = f.box.y0; y0 + p.h <= f.box.y1; ++y0)
     for (int x0 = f.box.x0; x0 + p.w <= f.box.x1; ++x0)
-      if (lies_inside(p, fg, y0, x0)) fits.emplace_back(y0, x0);
+      if (lies_inside(p, fg, y0, x0)) {
+        if (!rng) return std::pair<int, int>{y0, x0};
+        fits.emplace_back(y0, x0);
+      }
   if (fits.empty()) return std::nullopt;
-  return fits[static_cast<std::size_t>(rng.uniform_int(0, static_cast<int64_t>(fits.size()) - 1))];
+  return fits[static_cast<std::size_t>(rng->uniform_int(0, static_cast<int64_t>(fits.size()) - 1))];
 }
 
 /// Writes the binary patch into a zero mask of the foreground's size at (y0, x0).
@@ -285,16 +295,10 @@ inline Placed place_defect(const Tensor<float, Cpu>& mask, const Tensor<float, C
     Placed out{std::move(*warped), {}};
     out.placement.angle_deg = angle, out.placement.scale = scale;
     out.placement.h = pixels.h, out.placement.w = pixels.w;
-    if (!position_rng) {  // a probe of the scale search: fits somewhere?
-      if (!cannot_fit_reason(pixels, fg, finfo).empty()) return std::nullopt;
-      for (int y0 = finfo.box.y0; y0 + pixels.h <= finfo.box.y1; ++y0)
-        for (int x0 = finfo.box.x0; x0 + pixels.w <= finfo.box.x1; ++x0)
-          if (lies_inside(pixels, fg, y0, x0)) return out;
-      return std::nullopt;
-    }
-    const auto pos = find_position(pixels, fg, finfo, *position_rng, o.max_attempts);
+    // Without position_rng a probe of the scale search: does it fit anywhere? (no draw, no position kept)
+    const auto pos = find_position(pixels, fg, finfo, position_rng, o.max_attempts);
     if (!pos) return std::nullopt;
-    std::tie(out.placement.y0, out.placement.x0) = *pos;
+    if (position_rng) std::tie(out.placement.y0, out.placement.x0) = *pos;
     return out;
   };
 

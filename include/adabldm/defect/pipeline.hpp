@@ -174,9 +174,8 @@ class Pipeline {
       const auto& d = job.defects[i];
       check<ShapeError>(d.mask.rank() == 4 && d.mask.dim(0) == 1 && d.mask.dim(1) == 1, "pipeline: defect mask ",
                         d.name.empty() ? std::to_string(i) : d.name, " must be [1, 1, H, W], got ", d.mask.shape().str());
-      // A speck smaller than a pixel at this size keeps its peak pixel rather than vanishing.
       masks.push_back({d.name.empty() ? "defect " + std::to_string(i) : d.name,
-                       defect::detail::binarise_keep_peak(defect::resize_bilinear(d.mask, S, S), 0.5f)});
+                       defect::resize_defect_mask(d.mask, S, S)});
     }
     auto synth = defect::synthesize_mask(masks, fg, rng, options_.synthesis);
     out.mask = synth.mask;
