@@ -2,7 +2,7 @@
 """Check that every include under include/adabldm points down the layers (docs/architecture.md, "Layers").
 
 Reads every `#include "adabldm/..."` and `#include <adabldm/...>` in include/adabldm/**, maps the including file and
-the included file to their folders (core, ops, io, text, nn, autograd, models, sampling, defect; files directly in
+the included file to their folders (core, ops, io, text, nn, autograd, models, sampling, defect, eval; files directly in
 include/adabldm are the umbrella headers and may include anything, and no folder may include them) and fails,
 naming the file, the line and the include, when a folder includes one that is not below it. Includes inside one
 folder are always allowed. Then checks that the folder graph has no cycle (which the layer table already
@@ -24,6 +24,7 @@ LAYERS = [
     ["models"],
     ["sampling"],
     ["defect"],
+    ["eval"],
 ]
 ORDER = [f for row in LAYERS for f in row]
 ALLOWED = {f: {g for lower in LAYERS[:i] for g in lower} for i, row in enumerate(LAYERS) for f in row}
