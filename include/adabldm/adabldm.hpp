@@ -22,3 +22,4 @@
 #include "adabldm/defect/ldm_loss.hpp"
 #include "adabldm/defect/pipeline.hpp"
 #include "adabldm/defect/training.hpp"
+#include "adabldm/eval/metrics.hpp"
