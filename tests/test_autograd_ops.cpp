@@ -5,6 +5,7 @@
 // ~1e-16 |f| / h ~ 1e-10, so a correct backward lands near 1e-9 and a wrong one near 1.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <cstdio>
 
 #include "adabldm/autograd/autograd.hpp"
@@ -207,4 +208,23 @@ TEST_CASE("losses: mse and masked_mse") {
   const D mask = ops::clamp(randn({2, 1, 4}), 0.0, 1.0);
   check_op("mse", [&] { return autograd::mse(a, b); }, {{"a", a}, {"b", b}});
   check_op("masked_mse", [&] { return autograd::masked_mse(a, b, mask); }, {{"a", a}, {"b", b}});
+}
+
+TEST_CASE("losses: bce_with_logits and dice_loss") {
+  auto z = leaf({2, 1, 3, 5}, 2.0);
+  // Soft and hard targets: a label of 0.3 exercises both terms of the cross-entropy at one pixel.
+  D y = ops::clamp(randn({2, 1, 3, 5}, 2.0), 0.0, 1.0);
+  y.data()[0] = 0.3;
+  check_op("bce_with_logits", [&] { return autograd::bce_with_logits(z, y); }, {{"z", z}});
+  check_op("bce_with_logits pos_weight 5", [&] { return autograd::bce_with_logits(z, y, 5.0); }, {{"z", z}});
+  check_op("dice_loss", [&] { return autograd::dice_loss(z, y); }, {{"z", z}});
+  // Values against the formulas at a point: z = 0 gives s = 1/2, so BCE = w y log 2 + (1 - y) log 2 per pixel.
+  const D zero = D::zeros({1, 1, 1, 2}), half = D::full({1, 1, 1, 2}, 0.5);
+  CHECK(autograd::bce_with_logits(zero, half, 3.0).data()[0] == doctest::Approx((3.0 * 0.5 + 0.5) * std::log(2.0)));
+  CHECK(autograd::dice_loss(zero, half, 1.0).data()[0] == doctest::Approx(1.0 - (2.0 * 0.5 + 1.0) / (2.0 + 1.0)));
+  // Large logits stay finite (no exp overflow) and a confident correct answer costs almost nothing.
+  const D big = D::full({1, 1, 1, 2}, 800.0), ones = D::full({1, 1, 1, 2}, 1.0);
+  CHECK(autograd::bce_with_logits(big, ones).data()[0] == doctest::Approx(0.0).epsilon(1e-12));
+  CHECK(std::isfinite(autograd::bce_with_logits(ops::affine(big, -1.0), ones).data()[0]));
+  CHECK_THROWS_WITH_AS(autograd::bce_with_logits(zero, D::zeros({1, 1, 2, 1})), doctest::Contains("differ"), Error);
 }

@@ -9,6 +9,7 @@ int cmd_sample(int argc, char** argv);    // sample.cpp
 int cmd_generate(int argc, char** argv);  // generate.cpp
 int cmd_train(int argc, char** argv);     // train.cpp
 int cmd_train_base(int argc, char** argv);  // train_base.cpp
+int cmd_evaluate(int argc, char** argv);    // evaluate.cpp
 
 /// Exit status of a run that finished but could not produce every item (generate: some samples failed and are
 /// listed in failures.jsonl; train: some steps had a non-finite loss and were skipped). 1 = an error stopped it.

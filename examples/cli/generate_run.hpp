@@ -314,6 +314,8 @@ int generate_on(const Args& args) {
                            {"mask", msk},
                            {"ok_source", ok_files[ok_index].string()},
                            {"mask_source", p.mask_source},
+                           {"ng_dir", args.require("ng")},
+                           {"masks_dir", args.require("masks")},
                            {"placement", {{"y0", p.y0}, {"x0", p.x0}, {"h", p.h}, {"w", p.w}, {"angle_deg", p.angle_deg},
                                           {"scale", p.scale}, {"draws", p.draws}, {"shrunk", p.shrunk},
                                           {"skipped", p.skipped}}},

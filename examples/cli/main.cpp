@@ -19,6 +19,7 @@ const Command kCommands[] = {
     {"generate", cli::cmd_generate, "generate defect images with pixel-exact masks (the AdaBLDM pipeline)"},
     {"train", cli::cmd_train, "fine-tune a trimap encoder on a few real defects (the base model frozen)"},
     {"train-base", cli::cmd_train_base, "train from scratch the small base model (autoencoder, UNet) on OK images"},
+    {"evaluate", cli::cmd_evaluate, "does it help? train a detector with and without generated defects, measure it"},
     {"sample", cli::cmd_sample, "plain text(+trimap)-to-image sampling, as diffusers' pipelines do it"},
     {"inspect", cli::cmd_inspect, "show the format, components, dtypes and parameter counts of a model or config"},
     {"tokenize", cli::cmd_tokenize, "print the CLIP token ids of strings (77 per string, JSON)"},
