@@ -32,7 +32,7 @@ const char* kUsage =
     "  --protocol P            fewshot (default) | anomalydiffusion (a plain MVTec AD root: the first third of\n"
     "                          test/<type> by name are the few-shot defects, the rest and test/good the test set)\n"
     "  --size PX               detector input size (default 256)\n"
-    "  --steps N               training steps per detector (default 600)\n"
+    "  --steps N               training steps per detector (default 500)\n"
     "  --batch B               images per step (default 8, half of them defects)\n"
     "  --crop PX               training crop side (default 128; 0 = whole images)\n"
     "  --lr LR                 AdamW peak learning rate, cosine decay (default 1e-3)\n"

@@ -22,4 +22,5 @@
 #include "adabldm/defect/ldm_loss.hpp"
 #include "adabldm/defect/pipeline.hpp"
 #include "adabldm/defect/training.hpp"
+#include "adabldm/eval/evaluation.hpp"
 #include "adabldm/eval/metrics.hpp"

@@ -29,7 +29,7 @@ struct SegSample {
 };
 
 struct DetectorTraining {
-  int steps = 600;
+  int steps = 500;
   int batch = 8;
   int positives = 4;     // defect images per batch; the rest are defect-free
   int crop = 128;        // training crop side (0: whole images)
