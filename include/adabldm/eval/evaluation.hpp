@@ -284,7 +284,9 @@ inline std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
       RunResult r{condition, seed, {}, 0, fs::exists(det_file)};
       SegmentationDetector<float> det(dc);
       if (r.loaded) {
-        det = load_detector(det_file.string()).detector;
+        auto loaded = load_detector(det_file.string());
+        det = std::move(loaded.detector);
+        r.train_seconds = loaded.meta.value("train_seconds", 0.0);
         say(tag + ": reusing " + det_file.string());
         done += o.training.steps;
       } else {
@@ -305,7 +307,8 @@ inline std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
         r.train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         save_detector(det, det_file.string(),
                       {{"condition", condition}, {"seed", seed}, {"type", o.type}, {"size", o.size},
-                       {"protocol", protocol_name(o.protocol)}, {"steps", t.steps}});
+                       {"protocol", protocol_name(o.protocol)}, {"steps", t.steps},
+                       {"train_seconds", r.train_seconds}});
       }
       r.metrics = detail::score_and_measure(det, test, fs::path(o.out) / "scores" / (tag + ".safetensors"));
       char buf[160];
