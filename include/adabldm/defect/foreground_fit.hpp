@@ -6,10 +6,12 @@
 //   official  CPR as published, on the VAE encoder: conv_in + two down blocks (stride 4), Otsu, 5 x 5 closing.
 //   object    (default) conv_in and the first down block on a stride-2 grid (the finer, earlier layers see the
 //             paint/wall edge; the deeper ones blur it), then the largest region only (one object per image) and
-//             holes smaller than glare_area of the image filled (glare and speckle on the object; the hanging
-//             hole of a part is larger and stays background).
+//             the holes filled that do not look like the background: smaller than glare_area of the image, or
+//             with a mean map value of at least hole_map_level (glare and speckle on the object, which the
+//             predictor half-believes; a hole through the part shows the background, map ~0.1 on the plates).
 // Both refuse a category whose predicted objects touch the image border (a texture, where F is the whole
 // image): ForegroundIsTexture, whose message says so; the caller then uses all_foreground().
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -37,7 +39,8 @@ struct ForegroundSettings {
   ForegroundOptions predictor;       ///< the official CPR constants
   int closing = 5;                   ///< the official 5 x 5 closing, at the output size
   bool largest_region = false;       ///< keep only the largest region (one object per image)
-  double glare_area = 0.0;           ///< fill holes smaller than this fraction of the image
+  double glare_area = 0.0;           ///< fill holes smaller than this fraction of the image ...
+  double hole_map_level = 2.0;       ///< ... or whose mean map value is at least this (> 1: never)
   /// Refuse when, on average, more than this fraction of the outer band (1/16 of each side) is foreground.
   /// Measured: <= 0.004 on the 30 plates, >= 0.07 (mean 0.27) on 40 magnetic tiles (docs/foreground.md).
   double max_border_fraction = 0.05;
@@ -52,6 +55,7 @@ inline ForegroundSettings foreground_settings(ForegroundRecipe recipe) {
     s.features.stride = 2;
     s.largest_region = true;
     s.glare_area = 0.004;
+    s.hole_map_level = 0.2;  // plates: hanging holes 0.07 .. 0.14, glare holes 0.25 .. 0.41
   } else {
     s.features.vae_layers = {2};
     s.features.stride = 4;
@@ -81,14 +85,20 @@ inline double border_foreground_fraction(const std::vector<Tensor<float, Cpu>>& 
   return masks.empty() ? 0.0 : sum / static_cast<double>(masks.size());
 }
 
-/// The object recipe's clean-up of a binary mask (the official recipe leaves it as it is).
-inline Tensor<float, Cpu> clean_object_mask(const Tensor<float, Cpu>& mask, const ForegroundSettings& s) {
+/// The object recipe's clean-up of a binary mask [1, 1, S, S] given the predictor's map [1, 1, h, w] (the
+/// official recipe leaves the mask as it is).
+inline Tensor<float, Cpu> clean_object_mask(const Tensor<float, Cpu>& mask, const Tensor<float, Cpu>& map,
+                                            const ForegroundSettings& s) {
   auto m = s.largest_region ? largest_region(mask) : mask;
-  if (s.glare_area > 0.0) {
-    const double small = s.glare_area * static_cast<double>(m.numel());
-    m = fill_holes(m, [&](const MaskRegion& hole) { return static_cast<double>(hole.pixels.size()) < small; });
-  }
-  return m;
+  if (s.glare_area <= 0.0 && s.hole_map_level > 1.0) return m;
+  const auto level = resize_bilinear(map, static_cast<int>(m.dim(2)), static_cast<int>(m.dim(3)));
+  const double small = s.glare_area * static_cast<double>(m.numel());
+  return fill_holes(m, [&](const MaskRegion& hole) {
+    double sum = 0.0;
+    for (int64_t i : hole.pixels) sum += level.data()[i];
+    const double n = static_cast<double>(hole.pixels.size());
+    return n < small || sum >= s.hole_map_level * n;
+  });
 }
 
 struct ForegroundFit {
@@ -117,7 +127,7 @@ ForegroundFit fit_foregrounds(const models::AutoencoderKL<T, Dev>& vae, const st
   for (const auto& f : features) {
     fit.maps.push_back(fit.predictor.predict(f));
     const auto mask = ForegroundPredictor::binarise(fit.maps.back(), static_cast<int>(S), static_cast<int>(S), s.closing);
-    fit.masks.push_back(clean_object_mask(mask, s));
+    fit.masks.push_back(clean_object_mask(mask, fit.maps.back(), s));
   }
   fit.border_fraction = border_foreground_fraction(fit.masks);
   if (fit.border_fraction > s.max_border_fraction)
