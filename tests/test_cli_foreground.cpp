@@ -223,3 +223,24 @@ TEST_CASE("foreground: Stable Diffusion VAE layouts load as in generate (diffuse
   }
   fs::remove_all(dir);
 }
+
+TEST_CASE("foreground and generate --foreground auto give the same masks for the same --seed and --size") {
+  const auto dir = temp_dir("same");
+  fs::create_directories(dir / "ok");
+  for (int i = 0; i < 4; ++i)  // at the working size, so that foreground writes its masks unresized
+    write_png((dir / "ok" / ("plate_" + std::to_string(i) + ".png")).string(), lookalike::make_plate(64, 300 + i).image);
+  auto r = run_cli("foreground --model " + kModel + " --ok " + (dir / "ok").string() + " --out " + (dir / "fg").string() +
+                   " --size 64 --seed 9 --quiet");
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  r = run_cli("generate --model " + kModel + " --trimap-encoder " + kModel + "/trimap-break.safetensors --ok " +
+              (dir / "ok").string() + " --ng " + golden::path("magnetic-tile/ng") + " --masks " +
+              golden::path("magnetic-tile/masks") + " --object plate --defect break --size 64 --steps 2 --no-adapt -n 1 "
+              "--seed 9 --foreground auto --quiet --out " + (dir / "gen").string());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  for (int i = 0; i < 4; ++i) {
+    const std::string name = "plate_" + std::to_string(i) + ".png";
+    CAPTURE(name);
+    CHECK(slurp(dir / "fg" / name) == slurp(dir / "gen" / "foreground" / name));
+  }
+  fs::remove_all(dir);
+}
