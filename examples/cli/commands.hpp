@@ -7,6 +7,7 @@ int cmd_forward(int argc, char** argv);   // forward.cpp (+ forward_models.cpp)
 int cmd_convert(int argc, char** argv);   // convert.cpp
 int cmd_sample(int argc, char** argv);    // sample.cpp
 int cmd_generate(int argc, char** argv);  // generate.cpp
+int cmd_foreground(int argc, char** argv);  // foreground.cpp
 int cmd_train(int argc, char** argv);     // train.cpp
 int cmd_train_base(int argc, char** argv);  // train_base.cpp
 int cmd_evaluate(int argc, char** argv);    // evaluate.cpp

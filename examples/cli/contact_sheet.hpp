@@ -1,7 +1,8 @@
 #pragma once
 // Contact sheet for `adabldm generate`: one PNG with a header row of column titles, then one row per sample:
 //   OK image | generated defect image | mask overlay (generated image, mask tinted red at 50 %, 1-px red outline)
-// each row under a one-line text label. Text is drawn with an embedded 5x7 bitmap font (printable ASCII).
+// each row under a one-line text label. `adabldm foreground` uses another ContactStyle: image | foreground map |
+// the mask's outline on the image. Text is drawn with an embedded 5x7 bitmap font (printable ASCII).
 //
 // Layout, for cells of S x S pixels, N rows, gap G = 4 and font scale k = (S >= 128 ? 2 : 1):
 //   strip  = 7k + 2G                     (a text line: G padding, 7k glyph rows, G padding)
@@ -26,6 +27,13 @@ namespace cli {
 struct ContactRow {
   adabldm::Tensor<float> ok, image, mask;
   std::string label;
+};
+
+/// Column titles and how the third column shows the mask.
+struct ContactStyle {
+  const char* titles[3] = {"OK image", "generated", "mask"};
+  bool overlay_on_first = false;  ///< draw the mask over the first column's image (default: the second's)
+  bool outline_only = false;      ///< only the 1-px outline, no tint
 };
 
 /// 5x7 glyphs for ASCII 32..126, 7 rows top to bottom, bit 4 = leftmost pixel.
@@ -210,7 +218,7 @@ inline void blit(adabldm::Image& sheet, const adabldm::Image& cell, int x0, int 
 
 /// The sheet as an 8-bit RGB image. Throws adabldm::Error (ShapeError for shapes) for no rows, tensors of the
 /// wrong shape, or rows whose sizes differ from the first row's.
-inline adabldm::Image make_contact_sheet(const std::vector<ContactRow>& rows) {
+inline adabldm::Image make_contact_sheet(const std::vector<ContactRow>& rows, const ContactStyle& style = {}) {
   using adabldm::check;
   check(!rows.empty(), "contact sheet: no rows");
   const auto& first = rows.front().image;
@@ -235,18 +243,17 @@ inline adabldm::Image make_contact_sheet(const std::vector<ContactRow>& rows) {
   constexpr uint8_t kBackground = 40;
   sheet.pixels.assign(static_cast<std::size_t>(L.width) * L.height * 3, kBackground);
 
-  const char* titles[3] = {"OK image", "generated", "mask"};
   for (int c = 0; c < 3; ++c)
-    draw_text(sheet, L.cell_x(c), L.gap, fit_text(titles[c], L.max_chars(S)), L.scale);
+    draw_text(sheet, L.cell_x(c), L.gap, fit_text(style.titles[c], L.max_chars(S)), L.scale);
 
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const int r = static_cast<int>(i);
     draw_text(sheet, L.gap, L.label_y(r) + L.gap, fit_text(rows[i].label, L.max_chars(L.width - 2 * L.gap)), L.scale);
     const int y0 = L.cell_y(r);
-    const adabldm::Image generated = adabldm::tensor_to_image(rows[i].image);
-    contact_detail::blit(sheet, adabldm::tensor_to_image(rows[i].ok), L.cell_x(0), y0);
+    const adabldm::Image ok = adabldm::tensor_to_image(rows[i].ok), generated = adabldm::tensor_to_image(rows[i].image);
+    contact_detail::blit(sheet, ok, L.cell_x(0), y0);
     contact_detail::blit(sheet, generated, L.cell_x(1), y0);
-    contact_detail::blit(sheet, generated, L.cell_x(2), y0);
+    contact_detail::blit(sheet, style.overlay_on_first ? ok : generated, L.cell_x(2), y0);
 
     // Overlay: mask pixels blended 50 % with red, (v + red + 1) / 2; mask pixels with a 4-neighbour outside the
     // mask (or the image) pure red.
@@ -262,7 +269,7 @@ inline adabldm::Image make_contact_sheet(const std::vector<ContactRow>& rows) {
         uint8_t* px = &sheet.at(y0 + y, x0 + x, 0);
         if (edge) {
           px[0] = 255, px[1] = 0, px[2] = 0;
-        } else {
+        } else if (!style.outline_only) {
           px[0] = static_cast<uint8_t>((px[0] + 255 + 1) / 2);
           px[1] = static_cast<uint8_t>((px[1] + 1) / 2);
           px[2] = static_cast<uint8_t>((px[2] + 1) / 2);
@@ -273,8 +280,9 @@ inline adabldm::Image make_contact_sheet(const std::vector<ContactRow>& rows) {
 }
 
 /// Writes the sheet as a PNG, atomically (no partial file on failure).
-inline void write_contact_sheet(const std::string& path, const std::vector<ContactRow>& rows) {
-  adabldm::write_png(path, make_contact_sheet(rows));
+inline void write_contact_sheet(const std::string& path, const std::vector<ContactRow>& rows,
+                                const ContactStyle& style = {}) {
+  adabldm::write_png(path, make_contact_sheet(rows, style));
 }
 
 }  // namespace cli

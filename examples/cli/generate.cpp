@@ -2,20 +2,11 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "embedded_model.hpp"
 #include "generate_run.hpp"
 
 namespace cli {
 namespace {
-
-/// The folder of the embedded default model and demo samples: $ADABLDM_MODELS_DIR, else the repository's models/.
-std::string models_dir() {
-  if (const char* env = std::getenv("ADABLDM_MODELS_DIR"); env && *env) return env;
-#ifdef ADABLDM_MODELS_DIR
-  return ADABLDM_MODELS_DIR;
-#else
-  throw adabldm::Error("no --model given and no embedded model: set $ADABLDM_MODELS_DIR to adabldm's models/ folder");
-#endif
-}
 
 /// With none of --model, --ok, --ng, --masks: the embedded demo (docs/demo.md) — the small magnetic-tile model of
 /// models/, its trimap encoder for --defect (break by default; crack is faint, docs/demo.md) and the shipped

@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <adabldm/defect/foreground_fit.hpp>
 #include <adabldm/defect/pipeline.hpp>
 #include <adabldm/io/image.hpp>
 
@@ -57,7 +58,9 @@ inline const char* kUsage =
     "  --control-scale S       scale of the trimap encoder's residuals (default 1)\n"
     "  --size PX               working size; images and masks are resized to PX x PX (default 256)\n"
     "  --foreground F          all (default: textures) | auto (unsupervised, from the OK images) | DIR of masks\n"
-    "                          named like the OK images\n"
+    "                          named like the OK images; auto writes its masks to OUT/foreground/ and refuses\n"
+    "                          textures (docs/foreground.md)\n"
+    "  --foreground-recipe R   auto: object (default) | official (CPR as published)\n"
     "  --min-fit-scale S       smallest scale a defect that does not fit is shrunk to (default 0.25); below it\n"
     "                          another real mask is used (docs/method.md)\n"
     "  --translate-only        place real masks translated only (the official inference); default: also rotate\n"
@@ -104,13 +107,23 @@ inline void append_line(const fs::path& file, const std::string& line) {
   ::close(fd);
   adabldm::check<adabldm::IoError>(n == static_cast<ssize_t>(l.size()), file.string(), ": write failed");
 }
+/// FNV-1a (64 bit) of a mask's pixels as bytes 0 / 1 in row-major order, 16 hex digits: names the exact
+/// foreground a sample was placed in.
+inline std::string mask_hash(const adabldm::Tensor<float>& mask_in) {
+  const auto mask = mask_in.contiguous();
+  uint64_t h = 14695981039346656037ull;
+  for (int64_t i = 0; i < mask.numel(); ++i) h = (h ^ (mask.data()[i] >= 0.5f ? 1u : 0u)) * 1099511628211ull;
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
 }  // namespace generate_detail
 
 inline Args generate_args(int argc, char** argv) {
   return Args(argc, argv, 2,
               {"model", "trimap-encoder", "config", "ok", "ng", "masks", "object", "defect", "prompt-template", "n",
                "out", "seed", "shard", "preset", "steps", "guidance", "size", "foreground", "adapt-steps", "device",
-               "dtype", "adapt-dtype", "min-fit-scale", "contact-rows", "control-scale"},
+               "dtype", "adapt-dtype", "min-fit-scale", "contact-rows", "control-scale", "foreground-recipe"},
               {"help", "no-adapt", "resume", "quiet", "translate-only", "tf32", "contact-sheet"});
 }
 
@@ -162,6 +175,7 @@ struct GenerateSettings {
   Shard shard;
   adabldm::PipelineOptions pipeline;
   std::string object, defect, out, foreground;
+  adabldm::defect::ForegroundRecipe foreground_recipe = adabldm::defect::ForegroundRecipe::Object;
   bool resume = false, quiet = false;
   int contact_rows = 0;  ///< --contact-sheet: the first this many samples of the run in OUT/contact_sheet.png
 };
@@ -196,6 +210,9 @@ inline GenerateSettings generate_settings(const Args& args) {
   g.foreground = args.get("foreground", "all");
   check<IoError>(g.foreground == "all" || g.foreground == "auto" || fs::is_directory(g.foreground), "--foreground ",
                  g.foreground, ": not all, auto or a folder");
+  const std::string recipe = args.get("foreground-recipe", "object");
+  check(recipe == "object" || recipe == "official", "--foreground-recipe ", recipe, ": expected object or official");
+  g.foreground_recipe = defect::parse_foreground_recipe(recipe);
   g.resume = args.flag("resume");
   g.quiet = args.flag("quiet");
   if (args.flag("contact-sheet")) g.contact_rows = static_cast<int>(args.integer_in("contact-rows", 16, 1, 256));
@@ -241,12 +258,16 @@ int generate_on(const Args& args) {
   std::vector<Tensor<float>> foregrounds(ok_files.size());
   if (fg_mode == "auto") {
     progress.note("fitting the foreground predictor on " + std::to_string(ok_files.size()) + " OK images");
-    std::vector<Tensor<float>> feats;
-    for (const auto& f : ok_files) feats.push_back(pipe.features(pipe.prepare_image(read_image(f.string()))));
+    std::vector<Tensor<float>> images;
+    for (const auto& f : ok_files) images.push_back(pipe.prepare_image(read_image(f.string())));
     Rng rng(derive_seed(g.seed, 0xF0F0));
-    const auto predictor = defect::ForegroundPredictor::fit(feats, rng);
-    for (std::size_t i = 0; i < ok_files.size(); ++i)
-      foregrounds[i] = defect::ForegroundPredictor::binarise(predictor.predict(feats[i]), o.size, o.size);
+    try {
+      foregrounds = defect::fit_foregrounds(pipe.vae(), images, rng, defect::foreground_settings(g.foreground_recipe)).masks;
+    } catch (const defect::ForegroundIsTexture& e) {
+      throw Error(std::string("--foreground auto: ") + e.what() + "; use --foreground all");
+    } catch (const Error& e) {
+      throw Error(std::string("--foreground auto: ") + e.what());
+    }
   } else {
     for (std::size_t i = 0; i < fg_files.size(); ++i) foregrounds[i] = defect::read_foreground_mask(fg_files[i].string(), o.size);
   }
@@ -256,8 +277,20 @@ int generate_on(const Args& args) {
   try {
     fs::create_directories(fs::path(out) / "images");
     fs::create_directories(fs::path(out) / "masks");
+    if (fg_mode == "auto") fs::create_directories(fs::path(out) / "foreground");
   } catch (const fs::filesystem_error& e) {
     throw IoError("--out " + out + ": cannot create the output folders (" + e.code().message() + ")");
+  }
+  // What the manifest records of each OK image's foreground: the file (auto: written here, at --size) and a hash
+  // of the --size x --size mask the defect was placed in.
+  std::vector<std::string> fg_record(ok_files.size());
+  for (std::size_t i = 0; i < ok_files.size(); ++i) {
+    if (fg_mode == "auto") {
+      fg_record[i] = "foreground/" + ok_files[i].stem().string() + ".png";
+      write_mask((fs::path(out) / fg_record[i]).string(), foregrounds[i]);
+    } else if (fg_mode != "all") {
+      fg_record[i] = fg_files[i].string();
+    }
   }
   std::vector<int64_t> todo;
   const auto manifest = fs::path(out) / "manifest.jsonl";
@@ -329,6 +362,11 @@ int generate_on(const Args& args) {
                            {"adapt_steps", sample.adapted ? o.adaptation.steps : 0},
                            {"change", change_metrics(pipe.prepare_image(job_ok), sample.image, sample.mask)},
                            {"timings", sample.timings}};
+    if (fg_mode != "all") {
+      line["foreground_mask"] = fg_record[ok_index];
+      line["foreground_hash"] = mask_hash(foregrounds[ok_index]);
+      if (fg_mode == "auto") line["foreground_recipe"] = defect::foreground_recipe_name(g.foreground_recipe);
+    }
     append_line(manifest, line.dump());
     ++finished;
   }

@@ -17,6 +17,7 @@ struct Command {
 };
 const Command kCommands[] = {
     {"generate", cli::cmd_generate, "generate defect images with pixel-exact masks (the AdaBLDM pipeline)"},
+    {"foreground", cli::cmd_foreground, "fit the foreground predictor on OK images; write masks, maps, a contact sheet"},
     {"train", cli::cmd_train, "fine-tune a trimap encoder on a few real defects (the base model frozen)"},
     {"train-base", cli::cmd_train_base, "train from scratch the small base model (autoencoder, UNet) on OK images"},
     {"evaluate", cli::cmd_evaluate, "does it help? train a detector with and without generated defects, measure it"},

@@ -15,6 +15,7 @@
 
 #include "adabldm/defect/decoder_adaptation.hpp"
 #include "adabldm/defect/foreground.hpp"
+#include "adabldm/defect/foreground_fit.hpp"
 #include "adabldm/defect/mask_synthesis.hpp"
 #include "adabldm/defect/trimap.hpp"
 #include "adabldm/sampling/stable_diffusion.hpp"
@@ -78,16 +79,12 @@ inline std::string fill_prompt(std::string tpl, const std::string& object, const
   return tpl;
 }
 
-/// Image features for the unsupervised foreground predictor: the VAE encoder's activations at stride 4
-/// (conv_in and the first two down blocks) — the loaded model's own features, as no ImageNet network is
-/// available offline (the official code uses EfficientNet-B0 features.2, also stride 4). Host image in, host
-/// features out, the encoder on any device.
+/// Image features for the unsupervised foreground predictor as CPR publishes it: the VAE encoder's activations
+/// after conv_in and the first two down blocks, stride 4 (the `official` recipe of foreground_fit.hpp, whose
+/// `object` recipe generate uses by default). Host image in, host features out, the encoder on any device.
 template <class T, class Dev>
 Tensor<float> vae_features(const models::AutoencoderKL<T, Dev>& vae, const Tensor<float>& image) {
-  const auto& enc = vae.encoder;
-  auto h = enc.conv_in(upload_as<T, Dev>(image));
-  for (std::size_t i = 0; i < std::min<std::size_t>(2, enc.down_blocks.size()); ++i) h = enc.down_blocks[i](h);
-  return download_as<float>(h);
+  return defect::foreground_features(vae, image, defect::foreground_settings(defect::ForegroundRecipe::Official).features);
 }
 
 /// Progress of one sample: the phase ("sampling", "adaptation"), the step done and the steps of that phase.
