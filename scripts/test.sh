@@ -29,7 +29,7 @@ ctest --test-dir build --output-on-failure -j "$jobs"
 step "file-format tests under AddressSanitizer + UBSan"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DADABLDM_SANITIZE=ON -DADABLDM_CUDA=OFF \
       -DADABLDM_BUILD_EXAMPLES=OFF -DADABLDM_BUILD_BENCHMARKS=OFF
-cmake --build build-asan -j "$jobs" --target test_safetensors test_image test_torch_checkpoint
+cmake --build build-asan -j "$jobs" --target test_safetensors test_image test_image_stb test_torch_checkpoint
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan -L sanitize --output-on-failure
 
 step "consumer project via find_package after install"
