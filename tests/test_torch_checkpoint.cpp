@@ -472,6 +472,12 @@ TEST_CASE("bounded work: shared objects are walked once, shapes overflow with a 
              "more than the file holds");
 }
 
+TEST_CASE("messages are one line: names from the file with control characters are escaped (fuzzing, issue 20)") {
+  CHECK(std::string(FormatError("a\nb\x01").what()) == "a\\nb\\x01");
+  expect_bad("ctl", torch_zip(pk::program(pk::dict({{"t", pk::tensor("a\nb", 4, 0, {4}, {1})}})), kFourFloats),
+             "storage \"a\\nb\"");
+}
+
 TEST_CASE("malformed pickles are FormatErrors naming the file") {
   using namespace pk;
   auto bad = [&](const std::string& name, const std::string& pickle, const std::string& needle) {

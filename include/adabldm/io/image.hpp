@@ -117,8 +117,7 @@ inline Image decode_image_u8(const uint8_t* data, std::size_t size, const std::s
   check(channels == 0 || channels == 1 || channels == 3, "read_image: channels must be 0, 1 or 3");
   if (size == 0) throw IoError(name + ": empty file, not an image");
   Image img;
-  std::string why = io::detail::decode_image(data, size, img, channels);
-  std::replace(why.begin(), why.end(), '\n', ' ');
+  const std::string why = io::detail::decode_image(data, size, img, channels);
   if (!why.empty()) throw IoError(name + ": cannot decode image (" + why + ")");
   // Every decoder's promise, checked once here: an image, of exactly the size it says.
   check<IoError>(img.width > 0 && img.height > 0 && img.channels >= 1 && img.channels <= 4 &&
