@@ -19,7 +19,7 @@ command -v clang++ >/dev/null || { echo "fuzz.sh: needs clang++ (Debian: apt-get
 
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ -DADABLDM_FUZZ=ON \
       -DADABLDM_BUILD_TESTS=OFF -DADABLDM_BUILD_EXAMPLES=OFF -DADABLDM_BUILD_BENCHMARKS=OFF -DADABLDM_CUDA=OFF \
-      -DADABLDM_NATIVE=OFF > "$build.configure.log"
+      -DADABLDM_NATIVE=OFF > /dev/null
 targets=()
 for h in "${harnesses[@]}"; do targets+=("fuzz_$h"); done
 nice -n 10 cmake --build "$build" -j "${ADABLDM_FUZZ_JOBS:-2}" --target "${targets[@]}"
