@@ -1,5 +1,6 @@
 # Finds adabldm's dependencies. Used by the build and, installed, by adabldmConfig.cmake.
-# Debian: libeigen3-dev nlohmann-json3-dev libstb-dev zlib1g-dev (scripts/install-deps.sh).
+# Debian: libeigen3-dev nlohmann-json3-dev libstb-dev zlib1g-dev libpng-dev libjpeg62-turbo-dev
+# (scripts/install-deps.sh).
 include(CMakeFindDependencyMacro)
 
 if(ADABLDM_FETCH_DEPS)
@@ -37,4 +38,22 @@ find_dependency(Threads)
 if(NOT TARGET adabldm::stb)
   add_library(adabldm::stb INTERFACE IMPORTED)
   set_target_properties(adabldm::stb PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${ADABLDM_STB_INCLUDE_DIR}")
+endif()
+
+# The image decoders (io/image.hpp): libpng and libjpeg-turbo when found, else stb decodes those formats too.
+# adabldm::image_codecs carries the libraries and the macros that switch the header to them; a consumer's
+# find_package(adabldm) looks for them again, so its build and its headers agree.
+if(NOT TARGET adabldm::image_codecs)
+  find_package(PNG QUIET)
+  find_package(JPEG QUIET)
+  add_library(adabldm::image_codecs INTERFACE IMPORTED)
+  if(TARGET PNG::PNG)
+    target_link_libraries(adabldm::image_codecs INTERFACE PNG::PNG)
+    target_compile_definitions(adabldm::image_codecs INTERFACE ADABLDM_HAVE_LIBPNG)
+  endif()
+  if(TARGET JPEG::JPEG)
+    target_link_libraries(adabldm::image_codecs INTERFACE JPEG::JPEG)
+    target_compile_definitions(adabldm::image_codecs INTERFACE ADABLDM_HAVE_LIBJPEG)
+  endif()
+  message(STATUS "adabldm: image decoders: libpng ${PNG_FOUND}, libjpeg ${JPEG_FOUND} (stb_image where not found)")
 endif()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs adabldm's build and test dependencies from Debian packages (skips the install when all are present).
 set -euo pipefail
-packages=(cmake make g++ libeigen3-dev doctest-dev libstb-dev nlohmann-json3-dev libbenchmark-dev zlib1g-dev)
+packages=(cmake make g++ libeigen3-dev doctest-dev libstb-dev nlohmann-json3-dev libbenchmark-dev zlib1g-dev
+          libpng-dev libjpeg62-turbo-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The full test suite, from a clean checkout: check that every include points down the layers, install
 # dependencies, build (Release, with CUDA code compiled when nvcc is present), run every test, rerun the
-# file-format tests under AddressSanitizer + UBSan, and build and run a consumer project through find_package
-# (after install) and through FetchContent.
+# file-format tests and the fuzz regression corpora under AddressSanitizer + UBSan, fuzz each reader briefly
+# (when clang++ has libFuzzer), and build and run a consumer project through find_package (after install) and
+# through FetchContent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -29,8 +30,16 @@ ctest --test-dir build --output-on-failure -j "$jobs"
 step "file-format tests under AddressSanitizer + UBSan"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DADABLDM_SANITIZE=ON -DADABLDM_CUDA=OFF \
       -DADABLDM_BUILD_EXAMPLES=OFF -DADABLDM_BUILD_BENCHMARKS=OFF
-cmake --build build-asan -j "$jobs" --target test_safetensors test_image test_torch_checkpoint
+cmake --build build-asan -j "$jobs" --target test_safetensors test_image test_image_stb test_torch_checkpoint \
+      replay_safetensors replay_checkpoint replay_pickle replay_config replay_tokenizer replay_image replay_manifest
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build-asan -L sanitize --output-on-failure
+
+step "fuzzing: each harness briefly, after replaying its regression corpus (docs/reliability.md)"
+if command -v clang++ >/dev/null && [ -e "$(clang++ -print-file-name=libclang_rt.fuzzer-x86_64.a)" ]; then
+  ADABLDM_FUZZ_BUILD=build/fuzz ADABLDM_FUZZ_JOBS=$jobs scripts/fuzz.sh "${ADABLDM_CI_FUZZ_SECONDS:-5}"
+else
+  echo "skipped: no clang++ with libFuzzer (Debian: clang libclang-rt-14-dev)"
+fi
 
 step "consumer project via find_package after install"
 rm -rf build/install build/consumer-find build/consumer-fetch

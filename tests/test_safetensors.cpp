@@ -121,7 +121,7 @@ TEST_CASE("malformed files are rejected with a clear error") {
   expect_bad("header_huge", le64(~0ull) + "{}", "exceeds the file size");
   expect_bad("truncated_data", make_file("{" + ok_entry + "}", 4), "out of range");
   expect_bad("invalid_json", make_file("{\"w\": {\"dtype\": ", 8), "invalid JSON");
-  expect_bad("not_object", make_file("[1, 2, 3]", 0), "not a JSON object");
+  expect_bad("not_object", make_file("[1, 2, 3]", 0), "does not begin with '{'");
   expect_bad("entry_not_object", make_file(R"({"w": 3})", 0), "not an object");
   expect_bad("missing_dtype", make_file(R"({"w":{"shape":[2],"data_offsets":[0,8]}})", 8), "missing \"dtype\"");
   expect_bad("unknown_dtype", make_file(R"({"w":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]}})", 2),
@@ -129,10 +129,10 @@ TEST_CASE("malformed files are rejected with a clear error") {
   expect_bad("size_mismatch", make_file(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8),
              "needs 3 x 4 bytes");
   expect_bad("negative_dim", make_file(R"({"w":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8),
-             "non-negative integers");
+             "shape entries must be integers in [0, 2^63)");
   expect_bad("shape_overflow",
              make_file(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})", 8),
-             "too large");
+             "element count overflows");
   expect_bad("offset_out_of_range", make_file(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})", 8),
              "out of range");
   expect_bad("offsets_reversed", make_file(R"({"w":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})", 8),
@@ -152,6 +152,64 @@ TEST_CASE("malformed files are rejected with a clear error") {
              "rank 9");
   // a missing file is an IoError naming it
   CHECK_THROWS_WITH_AS(SafeTensors::open(tmp_path("does_not_exist")), doctest::Contains("does_not_exist"), IoError);
+}
+
+TEST_CASE("every rule of the format (issue 20): each a one-line error naming the file and the tensor") {
+  const auto f32 = [](const char* name, int n, int b) {
+    return "\"" + std::string(name) + "\":{\"dtype\":\"F32\",\"shape\":[" + std::to_string(n) +
+           "],\"data_offsets\":[" + std::to_string(b) + "," + std::to_string(b + 4 * n) + "]}";
+  };
+  // the header may be padded with trailing spaces; it must begin with '{'
+  {
+    const std::string p = tmp_path("padded.safetensors");
+    write_bytes(p, make_file("{" + f32("w", 2, 0) + "}      ", 8));
+    CHECK(SafeTensors::open(p).size() == 1);
+    std::remove(p.c_str());
+  }
+  expect_bad("leading_space", make_file(" {" + f32("w", 2, 0) + "}", 8), "does not begin with '{'");
+  // header length within the file and at most 100 MB (a sparse file of 100 MB + 16 bytes)
+  {
+    const std::string p = tmp_path("huge_header.safetensors");
+    write_bytes(p, le64((100u << 20) + 1) + "{}");
+    std::filesystem::resize_file(p, (100u << 20) + 16);
+    CHECK_THROWS_WITH_AS(SafeTensors::open(p), doctest::Contains("exceeds the 100 MB limit"), FormatError);
+    std::remove(p.c_str());
+  }
+  // no holes: before the first tensor, between two, after the last (the reference reader's rules too)
+  expect_bad("hole_first", make_file("{" + f32("a", 2, 4) + "}", 12), "tensor \"a\" begins at byte 4 of the data section, not at 0");
+  expect_bad("hole_between", make_file("{" + f32("a", 2, 0) + "," + f32("b", 1, 12) + "}", 16),
+             "tensor \"b\" begins at byte 12 of the data section, but \"a\" ends at 8: a hole of 4 bytes");
+  expect_bad("trailing_bytes", make_file("{" + f32("a", 2, 0) + "}", 9), "1 bytes after the end of the last tensor (\"a\")");
+  expect_bad("no_tensors_but_data", make_file("{}", 4), "4 bytes after the end of the last tensor (the header lists none)");
+  // in any header order
+  {
+    const std::string p = tmp_path("order.safetensors");
+    write_bytes(p, make_file("{" + f32("b", 1, 8) + "," + f32("a", 2, 0) + "}", 12));
+    CHECK(SafeTensors::open(p).names() == std::vector<std::string>{"a", "b"});
+    std::remove(p.c_str());
+  }
+  // an empty tensor inside another one overlaps it; at a boundary it is fine
+  expect_bad("empty_inside", make_file("{" + f32("a", 2, 0) + "," + f32("e", 0, 4) + "}", 8), "overlap");
+  {
+    const std::string p = tmp_path("empty_ok.safetensors");
+    write_bytes(p, make_file("{" + f32("a", 2, 0) + "," + f32("e", 0, 8) + "," + f32("b", 1, 8) + "}", 12));
+    CHECK(SafeTensors::open(p).size() == 3);
+    std::remove(p.c_str());
+  }
+  // element counts: an overflow also when a dimension is 0 (no bytes, but the strides would overflow)
+  expect_bad("zero_dim_overflow",
+             make_file(R"({"w":{"dtype":"F32","shape":[0,4294967296,4294967296],"data_offsets":[0,0]}})", 0),
+             "tensor \"w\": shape [0, 4294967296, 4294967296]: its element count overflows 64 bits");
+  expect_bad("bytes_overflow",  // elements fit in 64 bits, bytes do not
+             make_file(R"({"w":{"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,8]}})", 8),
+             "tensor \"w\": shape [4611686018427387904] of F64 needs");
+  expect_bad("float_dim", make_file(R"({"w":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})", 8),
+             "tensor \"w\": shape entries must be integers");
+  expect_bad("dtype_not_string", make_file(R"({"w":{"dtype":7,"shape":[2],"data_offsets":[0,8]}})", 8),
+             "tensor \"w\": dtype is not a string");
+  expect_bad("offsets_strings", make_file(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":["0","8"]}})", 8),
+             "tensor \"w\": data_offsets must be two non-negative integers");
+  expect_bad("duplicate_metadata", make_file(R"({"__metadata__":{},"__metadata__":{}})", 0), "duplicate");
 }
 
 TEST_CASE("random corruption of a valid file never crashes") {

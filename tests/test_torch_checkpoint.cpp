@@ -425,7 +425,7 @@ TEST_CASE("tensors are checked against their storage") {
   bad("rank_mismatch", tensor("0", 4, 0, {4}, {1, 1}), "differ in rank");
   bad("stride_rank9", tensor("0", 4, 0, {4}, {1, 1, 1, 1, 1, 1, 1, 1, 1}), "stride has 9 dimensions");
   bad("negative_size", tensor("0", 4, 0, {-1}, {1}), "negative tensor size");
-  bad("huge", tensor("0", 4, 0, {int64_t{1} << 40, int64_t{1} << 40}, {0, 0}), "too large");
+  bad("huge", tensor("0", 4, 0, {int64_t{1} << 40, int64_t{1} << 40}, {0, 0}), "element count overflows");
   bad("huge_stride", tensor("0", 4, 0, {2}, {INT64_MAX}), "too large");
   bad("int16", tensor("0", 4, 0, {4}, {1}, "ShortStorage"), "ShortStorage");
   bad("quantized", global("torch._utils", "_rebuild_qtensor") + mark + integer(1) + tuple + reduce, "_rebuild_qtensor");
@@ -441,6 +441,41 @@ TEST_CASE("tensors are checked against their storage") {
                                              kFourFloats));
   CHECK(sd.at("e").shape == Shape{0, 3});
   CHECK(sd.get<float>("x").to_vector() == std::vector<float>{2, 3, 4, 2, 3, 4});
+}
+
+TEST_CASE("bounded work: shared objects are walked once, shapes overflow with a 0 too, strided copies are budgeted") {
+  using namespace pk;
+  const std::string put0("q\0", 2), get0("h\0", 2), pop = "0";  // BINPUT 0, BINGET 0, POP
+  // A dict reached twice through the memo (a few bytes per reference, so 16 levels of 100 could mean 100^16 walks)
+  const std::string inner = empty_dict + put0 + mark + str("w") + tensor("0", 4, 0, {4}, {1}) + setitems + pop;
+  expect_bad("shared_dict", torch_zip(program(inner + empty_dict + mark + str("a") + get0 + str("b") + get0 + setitems), kFourFloats),
+             "the same dict is both \"a.\" and \"b.\"");
+  // ... and a dict that contains itself
+  expect_bad("cyclic_dict", torch_zip(program(empty_dict + put0 + mark + str("me") + get0 + setitems), kFourFloats),
+             "the same dict is both \"\" and \"me.\"");
+  // A tensor under several names is converted once: a strided view shared 3 times is copied once
+  const std::string view = tensor("0", 4, 0, {2, 2}, {1, 2}) + put0;  // a transpose
+  const auto sd = load_bytes("shared_tensor", torch_zip(program(empty_dict + mark + str("x") + view + str("y") + get0 +
+                                                                 str("z") + get0 + setitems), kFourFloats));
+  CHECK(sd.get<float>("x").to_vector() == std::vector<float>{1, 3, 2, 4});
+  CHECK(sd.at("y").data == sd.at("x").data);
+  CHECK(sd.at("z").data == sd.at("x").data);
+  // Element counts that overflow when a dimension is 0 (no bytes, but 2^80 elements in the other two)
+  expect_bad("zero_dim_overflow", torch_zip(program(dict({{"t", tensor("0", 4, 0, {0, int64_t{1} << 40, int64_t{1} << 40}, {0, 0, 0})}})),
+                                            kFourFloats),
+             "tensor size [0, 1099511627776, 1099511627776]: its element count overflows 64 bits");
+  // Distinct expanded views of one small storage: each within the old per-tensor cap, together beyond the file's
+  // size + 256 MB (three of 96 MB)
+  const std::vector<int64_t> big{int64_t{1} << 23, 3}, zero{0, 0};
+  expect_bad("expand_many", torch_zip(program(dict({{"a", tensor("0", 4, 0, big, zero)}, {"b", tensor("0", 4, 0, big, zero)},
+                                                    {"c", tensor("0", 4, 0, big, zero)}})), kFourFloats),
+             "more than the file holds");
+}
+
+TEST_CASE("messages are one line: names from the file with control characters are escaped (fuzzing, issue 20)") {
+  CHECK(std::string(FormatError("a\nb\x01").what()) == "a\\nb\\x01");
+  expect_bad("ctl", torch_zip(pk::program(pk::dict({{"t", pk::tensor("a\nb", 4, 0, {4}, {1})}})), kFourFloats),
+             "storage \"a\\nb\"");
 }
 
 TEST_CASE("malformed pickles are FormatErrors naming the file") {

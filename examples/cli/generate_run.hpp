@@ -29,6 +29,7 @@
 #include "commands.hpp"
 #include "device.hpp"
 #include "dataset.hpp"
+#include "manifest.hpp"
 #include "progress.hpp"
 #include "shard.hpp"
 
@@ -84,18 +85,10 @@ inline std::string index_name(int64_t i) {
   std::snprintf(buf, sizeof buf, "%06lld", static_cast<long long>(i));
   return buf;
 }
-/// Indices already in the manifest.
+/// Indices already in the manifest (whole entries only: see manifest.hpp).
 inline std::set<int64_t> manifest_indices(const fs::path& manifest) {
   std::set<int64_t> done;
-  std::ifstream in(manifest);
-  for (std::string line; std::getline(in, line);) {
-    try {
-      const auto j = nlohmann::json::parse(line);
-      if (j.contains("index")) done.insert(j["index"].get<int64_t>());
-    } catch (const nlohmann::json::exception&) {
-      // a torn last line from a killed run: ignore it, that sample is regenerated
-    }
-  }
+  for (const auto& [i, e] : read_manifest(manifest)) done.insert(i);
   return done;
 }
 /// Appends one line with a single write(): lines of concurrent shards never interleave.
@@ -372,24 +365,14 @@ int generate_on(const Args& args) {
   }
   if (g.contact_rows > 0) {
     // From what is in OUT (so a resumed or sharded run gets one too): this process's indices, lowest first.
-    std::map<int64_t, nlohmann::json> written;
-    std::ifstream in(manifest);
-    for (std::string l; std::getline(in, l);) {
-      try {
-        const auto j = nlohmann::json::parse(l);
-        const int64_t i = j.at("index").get<int64_t>();
-        if (i < g.n && (i - g.shard.index) % g.shard.count == 0) written[i] = j;
-      } catch (const nlohmann::json::exception&) {
-      }
-    }
     std::vector<ContactRow> sheet;
-    for (const auto& [i, j] : written) {
+    for (const auto& [i, e] : read_manifest(manifest)) {
+      if (i >= g.n || (i - g.shard.index) % g.shard.count != 0) continue;
       if (static_cast<int>(sheet.size()) == g.contact_rows) break;
-      sheet.push_back(contact_row(pipe.prepare_image(read_image(j["ok_source"].template get<std::string>())),
-                                  read_image((fs::path(out) / j["image"].template get<std::string>()).string()),
-                                  read_mask((fs::path(out) / j["mask"].template get<std::string>()).string()),
-                                  "#" + std::to_string(i) + " seed " + std::to_string(g.seed) + ": " +
-                                      j["prompt"].template get<std::string>()));
+      sheet.push_back(contact_row(pipe.prepare_image(read_image(e.ok_source)),
+                                  read_image((fs::path(out) / e.image).string()),
+                                  read_mask((fs::path(out) / e.mask).string()),
+                                  "#" + std::to_string(i) + " seed " + std::to_string(g.seed) + ": " + e.prompt));
     }
     if (!sheet.empty()) {
       const auto path = fs::path(out) / "contact_sheet.png";

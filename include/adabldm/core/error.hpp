@@ -10,7 +10,23 @@ namespace adabldm {
 
 class Error : public std::runtime_error {
  public:
-  explicit Error(const std::string& what) : std::runtime_error(what) {}
+  explicit Error(const std::string& what) : std::runtime_error(one_line(what)) {}
+
+  /// The message as one line: names taken from files (zip entries, tensor keys) may hold any byte, so control
+  /// characters are written as escapes (\n, \x01).
+  static std::string one_line(const std::string& s) {
+    std::string out;
+    out.reserve(s.size());
+    for (const char c : s) {
+      const auto u = static_cast<unsigned char>(c);
+      if (c == '\n') out += "\\n";
+      else if (c == '\r') out += "\\r";
+      else if (c == '\t') out += "\\t";
+      else if (u < 0x20 || u == 0x7f) out += "\\x" + std::string{"0123456789abcdef"[u >> 4], "0123456789abcdef"[u & 15]};
+      else out += c;
+    }
+    return out;
+  }
 };
 
 /// A file or stream whose content is not what its format requires (truncated, malformed, inconsistent).

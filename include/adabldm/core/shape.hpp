@@ -48,6 +48,15 @@ class Shape {
     check<ShapeError>(rank_ < kMaxRank, "shape rank exceeds ", kMaxRank);
     d_[static_cast<std::size_t>(rank_++)] = v;
   }
+  /// Whether the product of the dimensions that are not 0 fits in int64_t: then numel(), leading_numel() and
+  /// every contiguous stride do too, also when a 0 makes the element count 0. Readers of files check it on every
+  /// shape they are given (a Shape itself is also used for strides, whose product means nothing).
+  static bool size_fits(const int64_t* b, const int64_t* e) noexcept {
+    int64_t n = 1;
+    for (; b != e; ++b)
+      if (*b != 0 && __builtin_mul_overflow(n, *b, &n)) return false;
+    return true;
+  }
   std::vector<int64_t> vec() const { return {begin(), end()}; }
 
   friend bool operator==(const Shape& a, const Shape& b) noexcept {

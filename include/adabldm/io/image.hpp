@@ -1,19 +1,39 @@
 #pragma once
-// Image files through stb_image (PNG, JPEG, BMP, ... in; PNG out), 8-bit gray or RGB, and their conversion to
-// NCHW float tensors: images in [-1, 1], masks in {0, 1}.
+// Image files in (PNG, JPEG, BMP), PNG out, 8-bit gray or RGB, and their conversion to NCHW float tensors: images
+// in [-1, 1], masks in {0, 1}. Every byte of an image file is untrusted (images come from production lines and
+// other machines), so:
+//  - PNG is decoded by libpng and JPEG by libjpeg-turbo when the build found them (ADABLDM_HAVE_LIBPNG,
+//    ADABLDM_HAVE_LIBJPEG, set by the CMake package), both fuzzed continuously upstream; stb_image is the
+//    fallback for a format whose library is absent, and decodes BMP;
+//  - the claimed size is checked against kMaxImagePixels (image_codec.hpp) before anything is allocated;
+//  - a decoded image has width, height and channels > 0 and exactly that many bytes, all written by the decoder;
+//    a truncated or corrupt file is an IoError naming the file, never garbage pixels.
 //
 // stb is compiled into every translation unit that includes this header, with internal linkage
-// (STB_IMAGE_STATIC), so a header-only consumer needs no extra library. If your program also compiles stb_image
-// itself, include this header first or define ADABLDM_STB_EXTERNAL and link your own implementation.
+// (STB_IMAGE_STATIC) and only the formats it decodes here, so a header-only consumer needs no extra library. If
+// your program also compiles stb_image itself, include this header first or define ADABLDM_STB_EXTERNAL and link
+// your own implementation. ADABLDM_IMAGE_STB_ONLY decodes everything with stb (the fallback's tests).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "adabldm/core/error.hpp"
 #include "adabldm/core/tensor.hpp"
+#include "adabldm/io/image_codec.hpp"
 #include "adabldm/io/mapped_file.hpp"
+
+#if defined(ADABLDM_HAVE_LIBPNG) && !defined(ADABLDM_IMAGE_STB_ONLY)
+#define ADABLDM_IMAGE_LIBPNG 1
+#include "adabldm/io/image_png.hpp"
+#endif
+#if defined(ADABLDM_HAVE_LIBJPEG) && !defined(ADABLDM_IMAGE_STB_ONLY)
+#define ADABLDM_IMAGE_LIBJPEG 1
+#include "adabldm/io/image_jpeg.hpp"
+#endif
 
 #ifndef ADABLDM_STB_EXTERNAL
 #if defined(__GNUC__)
@@ -29,6 +49,14 @@
 #define STB_IMAGE_IMPLEMENTATION
 #define STB_IMAGE_WRITE_STATIC
 #define STB_IMAGE_WRITE_IMPLEMENTATION
+#define STBI_ONLY_BMP
+#ifndef ADABLDM_IMAGE_LIBPNG
+#define STBI_ONLY_PNG
+#endif
+#ifndef ADABLDM_IMAGE_LIBJPEG
+#define STBI_ONLY_JPEG
+#endif
+#define STBI_MAX_DIMENSIONS 65535  // = kMaxImageSide
 #endif
 #include <stb_image.h>
 #include <stb_image_write.h>
@@ -40,32 +68,71 @@
 
 namespace adabldm {
 
-/// An 8-bit image, rows top to bottom, channels interleaved (HWC); 1 = gray, 3 = RGB.
-struct Image {
-  int width = 0, height = 0, channels = 0;
-  std::vector<uint8_t> pixels;
-  uint8_t& at(int y, int x, int c) { return pixels[(static_cast<std::size_t>(y) * width + x) * channels + c]; }
-  uint8_t at(int y, int x, int c) const { return pixels[(static_cast<std::size_t>(y) * width + x) * channels + c]; }
-};
+namespace io::detail {
+inline bool has_prefix(const uint8_t* data, std::size_t size, const char* magic, std::size_t n) {
+  return size >= n && std::memcmp(data, magic, n) == 0;
+}
+
+/// stb_image (the fallback, and BMP). stb cannot tell a file cut off near its end from a whole one (it fills a
+/// JPEG's missing entropy data, and ignores IEND), so a JPEG must end with its EOI marker (FF D9) within the last
+/// 32 bytes and a PNG with its IEND chunk.
+inline std::string decode_stb(const uint8_t* data, std::size_t size, Image& out, int channels) {
+  if (size > static_cast<std::size_t>(INT32_MAX)) return "file too large for an image";
+  const int len = static_cast<int>(size);
+  int w = 0, h = 0, n = 0;
+  auto reason = [] { const char* r = stbi_failure_reason(); return std::string(r ? r : "stb_image: error"); };
+  if (!stbi_info_from_memory(data, len, &w, &h, &n)) return reason();
+  const std::string too_big = image_size_error(static_cast<uint64_t>(w), static_cast<uint64_t>(h));
+  if (!too_big.empty()) return too_big;
+  if (has_prefix(data, size, "\xFF\xD8\xFF", 3)) {
+    bool eoi = false;
+    for (std::size_t i = size >= 32 ? size - 32 : 0; i + 1 < size; ++i) eoi = eoi || (data[i] == 0xFF && data[i + 1] == 0xD9);
+    if (!eoi) return "truncated JPEG (no end-of-image marker)";
+  }
+  if (has_prefix(data, size, "\x89PNG\r\n\x1a\n", 8) &&
+      (size < 20 || std::memcmp(data + size - 12, "\0\0\0\0IEND\xAE\x42\x60\x82", 12) != 0))
+    return "truncated PNG (no IEND chunk at the end)";
+  const int want = channels ? channels : (n <= 2 ? 1 : 3);
+  stbi_uc* px = stbi_load_from_memory(data, len, &w, &h, &n, want);
+  if (!px) return reason();
+  out = Image{w, h, want, std::vector<uint8_t>(px, px + static_cast<std::size_t>(w) * h * want)};
+  stbi_image_free(px);
+  return "";
+}
+
+/// Decodes with the decoder for the content (never the file name); "" or the reason it failed.
+inline std::string decode_image(const uint8_t* data, std::size_t size, Image& out, int channels) {
+#ifdef ADABLDM_IMAGE_LIBPNG
+  if (has_prefix(data, size, "\x89PNG\r\n\x1a\n", 8)) return decode_png(data, size, out);
+#endif
+#ifdef ADABLDM_IMAGE_LIBJPEG
+  if (has_prefix(data, size, "\xFF\xD8\xFF", 3)) return decode_jpeg(data, size, out, channels == 1);
+#endif
+  return decode_stb(data, size, out, channels);
+}
+}  // namespace io::detail
+
+/// Decodes an image held in memory; `name` is the file it came from, for the error message.
+inline Image decode_image_u8(const uint8_t* data, std::size_t size, const std::string& name, int channels = 0) {
+  check(channels == 0 || channels == 1 || channels == 3, "read_image: channels must be 0, 1 or 3");
+  if (size == 0) throw IoError(name + ": empty file, not an image");
+  Image img;
+  const std::string why = io::detail::decode_image(data, size, img, channels);
+  if (!why.empty()) throw IoError(name + ": cannot decode image (" + why + ")");
+  // Every decoder's promise, checked once here: an image, of exactly the size it says.
+  check<IoError>(img.width > 0 && img.height > 0 && img.channels >= 1 && img.channels <= 4 &&
+                     img.pixels.size() == static_cast<std::size_t>(img.width) * img.height * img.channels,
+                 name, ": decoder returned an inconsistent image");
+  const int want = channels ? channels : (img.channels <= 2 ? 1 : 3);
+  return io::detail::convert_channels(std::move(img), want);
+}
 
 /// Reads an image file. channels: 1 (gray), 3 (RGB; gray is expanded) or 0 (gray stays 1, anything else 3;
 /// alpha is dropped). Unreadable or undecodable files throw an IoError naming the file and the reason.
 inline Image read_image_u8(const std::string& path, int channels = 0) {
   check(channels == 0 || channels == 1 || channels == 3, "read_image: channels must be 0, 1 or 3");
   auto file = io::MappedFile::open(path);
-  if (file->size() == 0) throw IoError(path + ": empty file, not an image");
-  check<IoError>(file->size() <= static_cast<std::size_t>(INT32_MAX), path, ": file too large for an image");
-  const auto* bytes = reinterpret_cast<const stbi_uc*>(file->data());
-  const int len = static_cast<int>(file->size());
-  int w = 0, h = 0, n = 0;
-  if (!stbi_info_from_memory(bytes, len, &w, &h, &n))
-    throw IoError(path + ": cannot decode image (" + stbi_failure_reason() + ")");
-  const int want = channels ? channels : (n <= 2 ? 1 : 3);
-  stbi_uc* px = stbi_load_from_memory(bytes, len, &w, &h, &n, want);
-  if (!px) throw IoError(path + ": cannot decode image (" + stbi_failure_reason() + ")");
-  Image img{w, h, want, std::vector<uint8_t>(px, px + static_cast<std::size_t>(w) * h * want)};
-  stbi_image_free(px);
-  return img;
+  return decode_image_u8(reinterpret_cast<const uint8_t*>(file->data()), file->size(), path, channels);
 }
 
 /// Writes an 8-bit image as PNG (atomically: no partial file on failure).

@@ -475,6 +475,8 @@ class Unpickler {
     if (t.offset < 0) fail("negative tensor storage offset");
     if (t.stride.rank() != t.shape.rank())
       fail("tensor size " + t.shape.str() + " and stride " + t.stride.str() + " differ in rank");
+    if (!Shape::size_fits(t.shape.begin(), t.shape.end()))  // also with a 0: the strides of its copy would overflow
+      fail("tensor size " + t.shape.str() + ": its element count overflows 64 bits");
     // Element count and the last element addressed, overflow-checked (2^62 is far beyond any real tensor).
     constexpr uint64_t kLimit = uint64_t{1} << 62;
     uint64_t numel = 1, last = static_cast<uint64_t>(t.offset);

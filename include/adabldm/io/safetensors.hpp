@@ -4,7 +4,12 @@
 // little-endian tensor bytes (offsets relative to the data section).
 //
 // Reading memory-maps the file and validates the whole header before any tensor is touched: every malformed
-// file is an adabldm::FormatError naming the file and the problem, never an out-of-bounds read.
+// file is an adabldm::FormatError naming the file, the tensor and the problem, never an out-of-bounds read. The
+// rules (those of the reference reader): header length within the file and at most 100 MB; the header a JSON
+// object beginning with '{' (trailing spaces allowed); no duplicate names; known dtypes; shapes of at most 8
+// integers whose element count (also of the dimensions that are not 0) fits 64 bits; data_offsets [begin, end]
+// with begin <= end and end - begin = elements x dtype size; the tensors, sorted by offset, cover the data section
+// exactly: no overlaps, no holes, nothing after the last.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -104,6 +109,7 @@ class SafeTensors {
            " (truncated or not a safetensors file)");
     if (n > kMaxHeader) fail("header length " + std::to_string(n) + " exceeds the 100 MB limit");
     if (n < 2) fail("header of " + std::to_string(n) + " bytes cannot hold a JSON object");
+    if (static_cast<char>(base[8]) != '{') fail("the header does not begin with '{' (not a safetensors file)");
     data_ = const_cast<std::byte*>(base) + 8 + n;
     const std::size_t data_size = size - 8 - static_cast<std::size_t>(n);
 
@@ -148,16 +154,17 @@ class SafeTensors {
       if (!shape.is_array()) fail(where + "shape is not an array");
       if (shape.size() > static_cast<std::size_t>(Shape::kMaxRank))
         fail(where + "rank " + std::to_string(shape.size()) + " exceeds " + std::to_string(Shape::kMaxRank));
-      std::size_t numel = 1;
       std::vector<int64_t> dims;
       for (const auto& d : shape) {
-        if (!d.is_number_unsigned()) fail(where + "shape entries must be non-negative integers");
-        const uint64_t dv = d.get<uint64_t>();
-        if (dv > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) || !checked_mul(numel, dv, numel))
-          fail(where + "shape is too large");
-        dims.push_back(static_cast<int64_t>(dv));
+        if (!d.is_number_unsigned() || d.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+          fail(where + "shape entries must be integers in [0, 2^63)");
+        dims.push_back(d.get<int64_t>());
       }
       ti.shape = Shape(dims);
+      // Also with a 0 dimension (no bytes): the others' product must fit, or strides computed from them overflow.
+      if (!Shape::size_fits(ti.shape.begin(), ti.shape.end()))
+        fail(where + "shape " + ti.shape.str() + ": its element count overflows 64 bits");
+      const auto numel = static_cast<std::size_t>(ti.shape.numel());
       const auto& off = v["data_offsets"];
       if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
         fail(where + "data_offsets must be two non-negative integers");
@@ -174,7 +181,8 @@ class SafeTensors {
       ti.nbytes = static_cast<std::size_t>(e - b);
       infos_.emplace(name, std::move(ti));
     }
-    // Sort by offset and reject overlaps (empty tensors overlap nothing).
+    // The format's layout: sorted by offset, each tensor begins where the one before it ends (the first at 0), the
+    // last ends at the end of the file. No overlaps, no holes, no trailing bytes (as the reference reader checks).
     for (const auto& kv : infos_) order_.push_back(kv.first);
     std::sort(order_.begin(), order_.end(), [&](const std::string& a, const std::string& b) {
       const auto &ia = infos_.at(a), &ib = infos_.at(b);
@@ -184,12 +192,18 @@ class SafeTensors {
     const std::string* prev = nullptr;
     for (const auto& name : order_) {
       const auto& ti = infos_.at(name);
-      if (ti.nbytes == 0) continue;
-      if (prev && ti.offset < end)
-        fail("tensors \"" + *prev + "\" and \"" + name + "\" overlap in the data section");
+      if (ti.offset < end) fail("tensors \"" + *prev + "\" and \"" + name + "\" overlap in the data section");
+      if (ti.offset > end)
+        fail("tensor \"" + name + "\" begins at byte " + std::to_string(ti.offset) + " of the data section, " +
+             (prev ? "but \"" + *prev + "\" ends at " : "not at ") + std::to_string(end) + ": a hole of " +
+             std::to_string(ti.offset - end) + " bytes (the tensors must cover the data section exactly)");
       end = ti.offset + ti.nbytes;
       prev = &name;
     }
+    if (end != data_size)
+      fail(std::to_string(data_size - end) + " bytes after the end of the last tensor" +
+           (prev ? " (\"" + *prev + "\")" : std::string(" (the header lists none)")) +
+           ": the tensors must cover the data section exactly");
   }
 
   std::shared_ptr<MappedFile> file_;

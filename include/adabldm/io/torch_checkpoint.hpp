@@ -26,6 +26,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "adabldm/core/dtype.hpp"
@@ -68,8 +69,11 @@ inline bool is_contiguous(const Shape& shape, const Shape& stride) {
   return true;
 }
 
-/// The tensor's bytes as a TensorRef: a view of the storage when contiguous, else a contiguous copy.
-inline TensorRef tensor_ref(const std::string& path, const std::string& name, const PyTensor& t) {
+/// The tensor's bytes as a TensorRef: a view of the storage when contiguous, else a contiguous copy, paid from
+/// `copy_budget` (bytes): an expanded or transposed view costs memory the file does not hold, so what all copies
+/// of one file may take is bounded by the file's size (plus 256 MB for small files' expanded views).
+inline TensorRef tensor_ref(const std::string& path, const std::string& name, const PyTensor& t,
+                            std::size_t& copy_budget) {
   const PyStorage& s = *t.storage;
   if (!s.supported)
     throw FormatError(path + ": tensor \"" + name + "\" is stored as torch." + s.type_name +
@@ -80,13 +84,14 @@ inline TensorRef tensor_ref(const std::string& path, const std::string& name, co
   const std::byte* base = s.bytes.data + static_cast<std::size_t>(t.offset) * es;  // offsets checked on rebuild
   if (is_contiguous(t.shape, t.stride)) return TensorRef{s.dtype, t.shape, s.bytes.owner, base};
 
-  // Strided (or overlapping, e.g. expanded) view: copy element by element. An expanded view can be far larger
-  // than its storage, so its copy is capped.
-  const std::size_t bytes = static_cast<std::size_t>(t.shape.numel()) * es;
-  constexpr std::size_t kMaxExpandedCopy = std::size_t{256} << 20;
-  if (bytes > std::max(s.bytes.size, kMaxExpandedCopy))
-    throw FormatError(path + ": tensor \"" + name + "\" is a strided view of " + std::to_string(bytes) +
-                      " bytes over a storage of " + std::to_string(s.bytes.size) + " (refusing to expand it)");
+  // Strided (or overlapping, e.g. expanded) view: copy element by element (numel < 2^62, checked on rebuild).
+  const auto numel = static_cast<uint64_t>(t.shape.numel());
+  if (numel > copy_budget / es)
+    throw FormatError(path + ": tensor \"" + name + "\" is a strided view of " + std::to_string(numel) + " x " +
+                      std::to_string(es) + " bytes over a storage of " + std::to_string(s.bytes.size) +
+                      "; with the file's other strided views that is more than the file holds (refusing to expand it)");
+  const std::size_t bytes = static_cast<std::size_t>(numel) * es;
+  copy_budget -= bytes;
   auto buffer = std::make_shared<std::vector<std::byte>>(bytes);
   std::byte* out = buffer->data();
   const int r = t.shape.rank();
@@ -104,22 +109,38 @@ inline TensorRef tensor_ref(const std::string& path, const std::string& name, co
   return TensorRef{s.dtype, t.shape, buffer, buffer->data()};
 }
 
-/// Adds the tensors of `dict` (nested dicts flattened with '.') to `out`.
-inline void collect_tensors(const std::string& path, const PyObject& dict, const std::string& prefix, int depth,
-                            StateDict& out) {
-  constexpr int kMaxDepth = 16;
-  if (depth > kMaxDepth)
-    throw FormatError(path + ": dicts nested more than " + std::to_string(kMaxDepth) + " deep under \"" + prefix +
-                      "\" (or a cycle)");
-  for (const auto& [key, value] : dict.items) {
-    if (!key->is_str()) continue;
-    const std::string name = prefix + key->text;
-    if (value->kind == PyKind::Tensor) out.add(name, tensor_ref(path, name, *value->tensor));
-    else if (value->is_dict()) collect_tensors(path, *value, name + ".", depth + 1, out);
-    else if (value->kind == PyKind::UnsupportedTensor)
-      throw FormatError(path + ": tensor \"" + name + "\" cannot be read: " + value->text);
+/// Adds the tensors of a dict (nested dicts flattened with '.') to a StateDict. The pickle is a graph: its memo
+/// lets a small file refer to one object many times, so each dict is walked once (a dict reached twice is an
+/// error) and each tensor is converted once (a tensor under several names shares its bytes).
+struct TensorCollector {
+  std::string path;
+  StateDict& out;
+  std::size_t copy_budget;
+  std::unordered_map<const PyObject*, std::string> dicts;  // walked, with their first name
+  std::unordered_map<const PyTensor*, TensorRef> refs;
+
+  void collect(const PyObject& dict, const std::string& prefix, int depth) {
+    constexpr int kMaxDepth = 16;
+    if (depth > kMaxDepth)
+      throw FormatError(path + ": dicts nested more than " + std::to_string(kMaxDepth) + " deep under \"" + prefix + "\"");
+    if (auto [it, fresh] = dicts.emplace(&dict, prefix); !fresh)
+      throw FormatError(path + ": the same dict is both \"" + it->second + "\" and \"" + prefix +
+                        "\" (a shared or cyclic dict; a state dict is a tree)");
+    for (const auto& [key, value] : dict.items) {
+      if (!key->is_str()) continue;
+      const std::string name = prefix + key->text;
+      if (value->kind == PyKind::Tensor) {
+        auto it = refs.find(value->tensor);
+        if (it == refs.end()) it = refs.emplace(value->tensor, tensor_ref(path, name, *value->tensor, copy_budget)).first;
+        out.add(name, it->second);
+      } else if (value->is_dict()) {
+        collect(*value, name + ".", depth + 1);
+      } else if (value->kind == PyKind::UnsupportedTensor) {
+        throw FormatError(path + ": tensor \"" + name + "\" cannot be read: " + value->text);
+      }
+    }
   }
-}
+};
 
 inline bool has_direct_tensor(const PyObject& dict) {
   for (const auto& kv : dict.items)
@@ -204,7 +225,7 @@ inline StateDict load_torch_checkpoint(const std::string& path) {
                              "model.state_dict() instead");
 
   StateDict out(path);
-  collect_tensors(path, select_state_dict(root), "", 0, out);
+  TensorCollector{path, out, file->size() + (std::size_t{256} << 20), {}, {}}.collect(select_state_dict(root), "", 0);
   copy_scalar_metadata(root, out);
   return out;
 }

@@ -74,9 +74,10 @@ struct ClipTextConfig {
                            c.get<std::string>("model_type", "") == "clip";
     if (full_clip) {
       io::Config text{io::Json::object(), c.where + " text_config"};
+      for (const char* key : {"text_config", "text_config_dict"})
+        check<FormatError>(!c.has(key) || c.json[key].is_object(), c.where, ": \"", key, "\" is not an object");
       if (c.has("text_config")) text.json = c.json["text_config"];
       if (c.has("text_config_dict")) text.json.update(c.json["text_config_dict"]);
-      check<FormatError>(text.json.is_object(), c.where, ": \"text_config\" is not an object");
       return from_json(text);
     }
     c.expect_default("model_type", "clip_text_model");

@@ -58,9 +58,12 @@ struct ConfigOverrides {
         if (e.contains(k)) return io::Config{e.at(k), where + "[" + prefix + "]." + k};
       return io::Config{e, where + "[" + prefix + "]"};
     }
-    std::string cls = json.value("_class_name", std::string());
-    if (cls.empty() && json.contains("architectures") && json["architectures"].is_array() && !json["architectures"].empty())
-      cls = json["architectures"][0].get<std::string>();
+    const io::Config top{json, where};
+    std::string cls = top.get<std::string>("_class_name", "");
+    if (cls.empty() && top.has("architectures")) {
+      const auto arch = top.get<std::vector<std::string>>("architectures", {});
+      cls = arch.empty() ? "" : arch[0];
+    }
     for (const auto& c : class_names)
       if (cls == c) return io::Config{json, where};
     return std::nullopt;
@@ -90,7 +93,8 @@ inline io::StateDict read_component_weights(const std::string& dir, const std::s
       check<FormatError>(j.contains("weight_map") && j["weight_map"].is_object(), index.string(), ": no weight_map");
       io::StateDict all(index.string());
       std::set<std::string> shards;
-      for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) shards.insert(it.value().get<std::string>());
+      for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it)
+        shards.insert(io::json_as<std::string>(it.value(), index.string(), "weight_map." + it.key()));
       for (const auto& shard : shards) {
         const auto part = io::SafeTensors::open((fs::path(dir) / shard).string()).state_dict();
         for (const auto& [k, ref] : part.tensors()) all.add(k, ref);
@@ -185,7 +189,8 @@ ControlNetModel<T, Cpu> load_controlnet(const ModelSource& src) {
   if (!cfg) {
     auto it = file.metadata().find("controlnet_config");
     check<FormatError>(it != file.metadata().end(), src.path(), ": no \"controlnet_config\" metadata; pass --config");
-    cfg = io::Config{io::Json::parse(it->second), src.path() + " (metadata controlnet_config)"};
+    const std::string where = src.path() + " (metadata controlnet_config)";
+    cfg = io::Config{io::parse_json(it->second, where), where};
   }
   ControlNetModel<T, Cpu> cn(ControlNetConfig::from_json(*cfg));
   nn::load_state_dict(cn, file.with_prefix("controlnet."));

@@ -106,8 +106,9 @@ struct SchedulerConfig {
 
   /// Throws a FormatError naming `where` and the option for values no schedule can use.
   void validate(const std::string& where) const {
-    check<FormatError>(num_train_timesteps >= 1, where, ": \"num_train_timesteps\" must be >= 1, got ",
-                       num_train_timesteps);
+    // The schedule holds a table per training step: bounded, so a config cannot ask for gigabytes (SD: 1000).
+    check<FormatError>(num_train_timesteps >= 1 && num_train_timesteps <= 100000, where,
+                       ": \"num_train_timesteps\" must be in [1, 100000], got ", num_train_timesteps);
     if (beta_schedule != BetaSchedule::SquaredCosCapV2) {
       check<FormatError>(beta_start >= 0 && beta_start < 1, where, ": \"beta_start\" must be in [0, 1), got ",
                          beta_start);

@@ -49,6 +49,8 @@ class ClipTokenizer {
 
   static constexpr std::size_t kMerges = 49152 - 256 - 2;  ///< merges SimpleTokenizer reads: 48894
   static constexpr std::size_t kMaxCacheEntries = 1 << 16;  ///< the BPE cache is cleared when it grows past this
+  static constexpr std::size_t kMaxMergesBytes = 64u << 20;  ///< the most a merges .gz may inflate to
+  static constexpr std::size_t kMaxIdGap = 1u << 16;  ///< vocab.json ids may exceed the token count by this much
 
   /// OpenAI's gzip'ed merges file: a version line, then one "left right" merge per line; the first 48894
   /// merges are used. Vocabulary: 256 byte symbols, the same with "</w>", one per merge, then
@@ -98,6 +100,9 @@ class ClipTokenizer {
                            vocab_path, ": id of token '", it.key(), "' is not an integer in [0, 2^24)");
         max_id = std::max<std::size_t>(max_id, it.value().get<std::size_t>());
       }
+      // The id table is sized by the largest id: bounded by the file's size, not by what one id claims.
+      check<FormatError>(max_id < vocab.size() + kMaxIdGap, vocab_path, ": id ", max_id, " for ", vocab.size(),
+                         " tokens (ids may be sparse, but by at most ", kMaxIdGap, ")");
       tok.vocab_.assign(max_id + 1, std::string());
       for (auto it = vocab.begin(); it != vocab.end(); ++it) {
         const auto id = it.value().get<std::size_t>();
@@ -484,6 +489,11 @@ class ClipTokenizer {
       ret = inflate(&zs, Z_NO_FLUSH);
       out.append(chunk, sizeof(chunk) - zs.avail_out);
       if (ret == Z_BUF_ERROR && zs.avail_in == 0) break;  // input ended mid-stream
+      if (out.size() > kMaxMergesBytes) {  // a gzip bomb: a few kilobytes can inflate to gigabytes
+        inflateEnd(&zs);
+        throw FormatError(adabldm::detail::concat(path, ": inflates to more than ", kMaxMergesBytes >> 20,
+                                                  " MB (a CLIP merges file has 1.4 MB)"));
+      }
     }
     const std::string why = zs.msg ? zs.msg : "";
     inflateEnd(&zs);

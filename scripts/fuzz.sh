@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Fuzzes every reader of outside bytes with libFuzzer (clang++, AddressSanitizer + UBSan), SECONDS each (default
+# 60), one harness at a time and niced: the machine may be shared. docs/reliability.md records the runs.
+#   scripts/fuzz.sh [SECONDS] [HARNESS...]
+# Environment: ADABLDM_FUZZ_BUILD (build folder, default build-fuzz), ADABLDM_FUZZ_JOBS (build jobs, default 2),
+# ADABLDM_FUZZ_RUNS (stop each harness after this many executions instead; SECONDS still bounds it).
+# Each harness keeps its corpus in $build/corpus/<name> (seeded by fuzz/make_seeds.py from tests/data, and the
+# regression corpus tests/data/fuzz-regressions/<name>), so a later run continues where this one stopped. A
+# finding is written to $build/findings/<name>/ and stops that harness; the script exits non-zero. Add the input
+# to tests/data/fuzz-regressions/<name>/ once it is fixed. Summary per harness: $build/fuzz-summary.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-60}
+shift || true
+harnesses=("$@")
+[ ${#harnesses[@]} -eq 0 ] && harnesses=(safetensors checkpoint pickle config tokenizer image manifest)
+build=${ADABLDM_FUZZ_BUILD:-build-fuzz}
+command -v clang++ >/dev/null || { echo "fuzz.sh: needs clang++ (Debian: apt-get install clang libclang-rt-14-dev)"; exit 2; }
+
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ -DADABLDM_FUZZ=ON \
+      -DADABLDM_BUILD_TESTS=OFF -DADABLDM_BUILD_EXAMPLES=OFF -DADABLDM_BUILD_BENCHMARKS=OFF -DADABLDM_CUDA=OFF \
+      -DADABLDM_NATIVE=OFF > /dev/null
+targets=()
+for h in "${harnesses[@]}"; do targets+=("fuzz_$h"); done
+nice -n 10 cmake --build "$build" -j "${ADABLDM_FUZZ_JOBS:-2}" --target "${targets[@]}"
+python3 fuzz/make_seeds.py "$build/corpus"
+
+status=0
+summary="$build/fuzz-summary.txt"
+: > "$summary"
+for h in "${harnesses[@]}"; do
+  mkdir -p "$build/corpus/$h" "$build/findings/$h" "$build/logs"
+  log="$build/logs/$h.log"
+  runs=()
+  [ -n "${ADABLDM_FUZZ_RUNS:-}" ] && runs=(-runs="$ADABLDM_FUZZ_RUNS")
+  echo "=== fuzz_$h: ${seconds} s"
+  # -timeout: one input may take at most 10 s; -rss_limit_mb: 2 GB of memory; -max_len: inputs up to 64 KB.
+  if nice -n 15 "$build/bin/fuzz_$h" "$build/corpus/$h" "tests/data/fuzz-regressions/$h" -dict="fuzz/$h.dict" \
+       -max_total_time="$seconds" "${runs[@]}" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
+       -artifact_prefix="$build/findings/$h/" > "$log" 2>&1; then result=ok; else result=FINDING; status=1; fi
+  execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo "?")
+  cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1 || echo "cov: ?")
+  corpus=$(ls "$build/corpus/$h" | wc -l)
+  line="$h: $result, $execs executions in ${seconds} s, $cov, corpus $corpus files"
+  echo "$line" | tee -a "$summary"
+  [ "$result" = ok ] || tail -40 "$log"
+done
+exit $status
