@@ -2,13 +2,15 @@
 # Does it help? The whole protocol of issue 21 for each defect type of an MVTec-layout root with a few-shot side
 # (e.g. ../shared/data/magnetic-tile-ad), with the embedded default model unless --model is given:
 #   1. fine-tune a trimap encoder on fewshot/<type> only (train/good as the backgrounds)   OUT/<type>/trimap*.safetensors
-#   2. generate N defect images on train/good                                              OUT/<type>/generated/
+#   2. generate N defect images on train/good (without the decoder adaptation unless --adapt-steps: evaluate
+#      composites each generated defect into its OK image, which keeps the background the adaptation aims at)
+#                                                                                          OUT/<type>/generated/
 #   3. evaluate real / croppaste / adabldm with the same detector, schedule and seeds      OUT/<type>/results.md
 # Every step resumes: rerun the same command after a stop and it continues where it was (the trimap training from
 # its checkpoint, generate with --resume, evaluate reusing finished detectors). Times per step go to OUT/times.csv.
 #
 # usage: benchmarks/ad_gain.sh ROOT [--types crack,blowhole] [--out DIR] [--model M] [--device cuda] [-n N]
-#                                   [--trimap-steps S] [--detector-steps S] [--seeds 0,1,2] [--cli PATH]
+#                                   [--trimap-steps S] [--detector-steps S] [--seeds 0,1,2] [--adapt-steps S] [--cli PATH]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 root="${1:?usage: benchmarks/ad_gain.sh ROOT [options] (see the top of this script)}"
@@ -23,6 +25,7 @@ trimap_steps=3000
 trimap_lr=2e-4
 detector_steps=500
 seeds=0,1,2
+adapt=(--no-adapt)
 cli="$here/build/bin/adabldm"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -35,6 +38,7 @@ while [ $# -gt 0 ]; do
     --trimap-steps) trimap_steps="$2"; shift 2 ;;
     --detector-steps) detector_steps="$2"; shift 2 ;;
     --seeds) seeds="$2"; shift 2 ;;
+    --adapt-steps) adapt=(--adapt-steps "$2"); shift 2 ;;
     --cli) cli="$2"; shift 2 ;;
     *) echo "ad_gain.sh: unknown option $1" >&2; exit 1 ;;
   esac
@@ -66,7 +70,7 @@ for t in "${type_list[@]}"; do
   fi
   timed "$t" generate "$cli" generate --model "$model" --trimap-encoder "$trimap" --ok "$root/train/good" --ng "$ng" \
     --masks "$masks" --object tile --defect "$t" --size "$size" -n "$n" --device "$device" --resume \
-    --contact-sheet --out "$dir/generated" || [ $? -eq 4 ]  # 4: some samples failed (failures.jsonl); evaluate checks the count
+    "${adapt[@]}" --contact-sheet --out "$dir/generated" || [ $? -eq 4 ]  # 4: some samples failed (failures.jsonl); evaluate checks the count
   timed "$t" evaluate "$cli" evaluate --data "$root" --defect "$t" --synthetic "$dir/generated" --extra "$n" \
     --seeds "$seeds" --steps "$detector_steps" --out "$dir"
   cat "$dir/results.md"
