@@ -15,7 +15,7 @@ step "layering: every include under include/ points down the layers (docs/archit
 python3 scripts/check_layers.py
 
 step "dependencies"
-scripts/install-deps.sh
+scripts/install-deps.sh --fuzz
 
 step "build (Release)"
 # The CUDA code is compiled (not run: CI has no GPU) for one architecture, sm_80 + its PTX, and its host side at
