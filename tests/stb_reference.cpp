@@ -1,6 +1,9 @@
 // stb_image with every format, in its own translation unit (internal linkage): the reference the image tests
-// compare libpng's and libjpeg-turbo's pixels with.
+// compare libpng's and libjpeg-turbo's pixels with; and stb's JPEG writer, which makes the tests' JPEG inputs.
+// stb_image_write's JPEG bit writer shifts a negative int (UB that UBSan reports); it only makes test inputs, so
+// this file alone is compiled without that check (tests/CMakeLists.txt), and the readers under test keep it.
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #if defined(__GNUC__)
@@ -14,6 +17,17 @@
 #define STB_IMAGE_STATIC
 #define STB_IMAGE_IMPLEMENTATION
 #include <stb_image.h>
+#define STB_IMAGE_WRITE_STATIC
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#include <stb_image_write.h>
+
+/// stb's JPEG encoding of 8-bit interleaved pixels; empty when stb fails.
+std::string stb_reference_encode_jpeg(const uint8_t* pixels, int w, int h, int channels, int quality) {
+  std::string out;
+  auto sink = [](void* ctx, void* data, int size) { static_cast<std::string*>(ctx)->append(static_cast<char*>(data), size); };
+  if (!stbi_write_jpg_to_func(sink, &out, w, h, channels, pixels, quality)) out.clear();
+  return out;
+}
 
 /// stb's decode of an image in memory as `want` channels; empty when stb fails.
 std::vector<uint8_t> stb_reference_decode(const uint8_t* data, std::size_t size, int want, int& w, int& h) {

@@ -17,6 +17,7 @@
 
 // tests/stb_reference.cpp: stb_image with all its formats, as the reference decoder.
 std::vector<uint8_t> stb_reference_decode(const uint8_t* data, std::size_t size, int want, int& w, int& h);
+std::string stb_reference_encode_jpeg(const uint8_t* pixels, int w, int h, int channels, int quality);
 
 using namespace adabldm;
 
@@ -130,9 +131,8 @@ Image decode(const std::string& bytes, int channels = 0, const std::string& name
   return decode_image_u8(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), name, channels);
 }
 std::string jpeg_bytes(const Image& img, int quality) {
-  std::string out;
-  auto sink = [](void* ctx, void* data, int size) { static_cast<std::string*>(ctx)->append(static_cast<char*>(data), size); };
-  REQUIRE(stbi_write_jpg_to_func(sink, &out, img.width, img.height, img.channels, img.pixels.data(), quality));
+  std::string out = stb_reference_encode_jpeg(img.pixels.data(), img.width, img.height, img.channels, quality);
+  REQUIRE(!out.empty());
   return out;
 }
 std::string png_bytes(const Image& img) {
