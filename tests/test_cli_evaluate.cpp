@@ -2,6 +2,7 @@
 // `adabldm generate` folder, the files it writes, resuming, re-scoring another root (with symbolic links) from saved
 // detectors, the anomalydiffusion protocol, and one-line refusals (a generated folder made from test files first).
 #include "golden.hpp"
+#include "cli_runner.hpp"
 
 #include <cstdlib>
 #include <filesystem>
@@ -17,26 +18,9 @@ using namespace adabldm;
 namespace fs = std::filesystem;
 
 namespace {
-struct Run {
-  int code;
-  std::string err;
-};
-Run cli(const std::string& args) {
-  static int counter = 0;
-  const auto err = fs::temp_directory_path() / ("adabldm_eval_err_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-  const int status = std::system((std::string(ADABLDM_CLI) + " " + args + " 2> " + err.string()).c_str());
-  std::ifstream in(err);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  fs::remove(err);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, ss.str()};
-}
-fs::path temp_dir(const std::string& name) {
-  const auto d = fs::temp_directory_path() / ("adabldm_eval_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+using cli_test::cli;
+using cli_test::Run;
+fs::path temp_dir(const std::string& name) { return cli_test::temp_dir("adabldm_eval", name); }
 nlohmann::json read_json(const fs::path& p) {
   std::ifstream in(p);
   return nlohmann::json::parse(in);

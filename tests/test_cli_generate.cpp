@@ -1,6 +1,7 @@
 // `adabldm sample` against the diffusers reference run, and `adabldm generate`: determinism, shards equal to
 // the single run byte for byte, --resume, and clear errors with no partial files.
 #include "golden.hpp"
+#include "cli_runner.hpp"
 
 #include <cstdlib>
 #include <filesystem>
@@ -15,28 +16,9 @@ using namespace adabldm;
 namespace fs = std::filesystem;
 
 namespace {
-struct Run {
-  int code;
-  std::string err;
-};
-/// Runs the CLI with `args`, capturing stderr.
-Run cli(const std::string& args) {
-  static int counter = 0;
-  const auto err = fs::temp_directory_path() / ("adabldm_cli_err_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-  const std::string cmd = std::string(ADABLDM_CLI) + " " + args + " 2> " + err.string();
-  const int status = std::system(cmd.c_str());
-  std::ifstream in(err);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  fs::remove(err);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, ss.str()};
-}
-fs::path temp_dir(const std::string& name) {
-  const auto d = fs::temp_directory_path() / ("adabldm_gen_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+using cli_test::cli;
+using cli_test::Run;
+fs::path temp_dir(const std::string& name) { return cli_test::temp_dir("adabldm_gen", name); }
 std::string slurp(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};

@@ -84,8 +84,9 @@ inline std::vector<SyntheticEntry> read_synthetic(const std::string& dir, const 
 /// One generated sample at the detector's size (see the composite above). `composite` false: the generated image
 /// as it is, resized.
 inline SegSample load_synthetic(const SyntheticEntry& e, int size, int channels, bool composite = true) {
-  const Image gen = read_image_u8(e.image, channels);
-  SegSample out{load_detector_image(e.image, size, channels), load_detector_mask(e.mask, size)};
+  const Image gen = read_image_u8(e.image, channels);  // read once: its width is the generator's size
+  SegSample out{image_to_tensor(defect::resize_image(gen, size, size)).reshape({channels, size, size}),
+                load_detector_mask(e.mask, size)};
   if (!composite) return out;
   check<IoError>(fs::is_regular_file(e.ok_source), e.image, ": its OK source ", e.ok_source,
                  " is gone (the composite needs it; or pass --no-composite)");
