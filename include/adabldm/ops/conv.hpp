@@ -74,6 +74,12 @@ void col2im_band(const T* col, int64_t C, int64_t H, int64_t W, int kh, int kw, 
           if (iy < 0 || iy >= H) continue;
           const T* s = src + (oy - oy0) * Wo;
           T* d = dst + iy * W;
+          if (p.stride == 1) {  // ix = ox - pad_left + kx: a contiguous range, no test per element
+            const int64_t lo = std::clamp<int64_t>(p.pad_left - kx, 0, Wo), hi = std::clamp<int64_t>(W + p.pad_left - kx, lo, Wo);
+            T* dd = d - p.pad_left + kx;
+            for (int64_t ox = lo; ox < hi; ++ox) dd[ox] += s[ox];
+            continue;
+          }
           for (int64_t ox = 0; ox < Wo; ++ox) {
             const int64_t ix = ox * p.stride - p.pad_left + kx;
             if (ix >= 0 && ix < W) d[ix] += s[ox];
