@@ -35,6 +35,19 @@ void BM_Conv3x3(benchmark::State& st) {
 }
 BENCHMARK(BM_Conv3x3)->Arg(32)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+void BM_Conv3x3Small(benchmark::State& st) {
+  // Batch 8: the detector's few channels (eval/detector.hpp) and SD's 320; arg 2 = 1 for the direct kernel.
+  const int64_t c = st.range(0), hw = st.range(1);
+  ops::detail::use_direct_conv3x3() = st.range(2) != 0;
+  Rng rng(2);
+  auto x = rng.normal({8, c, hw, hw}), w = rng.normal({c, c, 3, 3}), b = rng.normal({c});
+  for (auto _ : st) benchmark::DoNotOptimize(ops::conv2d(x, w, b, ops::Conv2dParams::same(1)).data());
+  ops::detail::use_direct_conv3x3() = true;
+  set_flops(st, 2.0 * 8 * c * c * 9 * hw * hw);
+}
+BENCHMARK(BM_Conv3x3Small)->ArgsProduct({{16}, {128}, {0, 1}})->ArgsProduct({{64}, {32}, {0, 1}})->ArgsProduct({{320}, {32}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)->UseRealTime();
+
 void BM_Attention(benchmark::State& st) {
   // SD1.5's first level: 320 channels as 8 heads of 40, self-attention over L = H*W tokens.
   const int64_t L = st.range(0), heads = 8, d = 40;

@@ -162,6 +162,36 @@ TEST_CASE("conv2d: large image uses several im2col bands") {
   CHECK(rel_err(ops::conv2d(x, w, b, ops::Conv2dParams::same(1)), ref) < 1e-5);
 }
 
+TEST_CASE("conv2d 3x3 stride 1 pad 1: the direct kernel and im2col agree with the reference, forward and dX") {
+  // Widths cover every tail of the direct kernel (32-pixel blocks, a masked second vector, a lone vector), output
+  // counts every remainder of its 8-channel blocks. Both paths run: on a machine without AVX-512 only im2col.
+  const ops::Conv2dParams p = ops::Conv2dParams::same(1);
+  for (const int64_t W : {1, 5, 16, 17, 32, 33, 48, 70}) {
+    const int64_t N = 2, C = rand_dim(1, 20), O = rand_dim(1, 19), H = rand_dim(1, 9);  // <= kDirectConvMaxInputs
+    CAPTURE(W);
+    CAPTURE(C);
+    CAPTURE(O);
+    auto x = randn({N, C, H, W}), w = randn({O, C, 3, 3}), b = randn({O}), dy = randn({N, O, H, W});
+    int64_t Ho = 0, Wo = 0;
+    const auto ref = conv_ref(x, w, b, p, Ho, Wo);
+    // dX of sum(y * dy) is the convolution of dy with w flipped and transposed: a reference of its own.
+    auto wt = T32::empty({C, O, 3, 3});
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t c = 0; c < C; ++c)
+        for (int k = 0; k < 9; ++k) wt.data()[(c * O + o) * 9 + (8 - k)] = w.data()[(o * C + c) * 9 + k];
+    const auto dx_ref = conv_ref(dy, wt, T32::zeros({C}), p, Ho, Wo);
+    for (const bool direct : {true, false}) {
+      CAPTURE(direct);
+      ops::detail::use_direct_conv3x3() = direct;
+      CHECK(rel_err(ops::conv2d(x, w, b, p), ref) < 1e-5);
+      T32 dx, dw, db;
+      ops::conv2d_backward(dy, x, w, x.shape(), w.shape(), p, true, false, false, dx, dw, db);
+      CHECK(rel_err(dx, dx_ref) < 1e-5);
+    }
+    ops::detail::use_direct_conv3x3() = true;
+  }
+}
+
 TEST_CASE("group norm and layer norm, with eps and fused activation") {
   for (double eps : {1e-5, 1e-6, 0.1}) {
     const int64_t N = rand_dim(1, 3), G = rand_dim(1, 4), cpg = rand_dim(1, 5), H = rand_dim(1, 7), W = rand_dim(1, 9);

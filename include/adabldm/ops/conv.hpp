@@ -3,11 +3,13 @@
 // stride-1 convolutions. im2col is done in bands of output rows so its buffer stays small at any image size.
 // Backward: dW = dY @ col^T over the same bands, dX = col2im(W^T @ dY), db = the sums of dY.
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "adabldm/core/autograd_record.hpp"
 #include "adabldm/core/tensor.hpp"
 #include "adabldm/core/threads.hpp"
+#include "adabldm/ops/conv_direct.hpp"
 #include "adabldm/ops/matmul.hpp"
 
 namespace adabldm::ops {
@@ -89,6 +91,21 @@ void col2im_band(const T* col, int64_t C, int64_t H, int64_t W, int kh, int kw, 
   }, grain_for(kh * kw * cols));
 }
 
+/// Whether the direct 3x3 kernel (conv_direct.hpp) computes this convolution: 3x3, stride 1, padding 1, f32,
+/// AVX-512, at most kDirectConvMaxInputs input channels (beyond that one block's packed weights outgrow the L1
+/// cache and im2col + GEMM is as fast), and not switched off (use_direct_conv3x3, for tests and benchmarks).
+inline bool& use_direct_conv3x3() {
+  static bool on = true;
+  return on;
+}
+inline constexpr int64_t kDirectConvMaxInputs = 160;
+template <class T>
+bool is_direct3x3(int64_t inputs, int kh, int kw, const Conv2dParams& p) {
+  return std::is_same_v<T, float> && kHasDirectConv3x3 && use_direct_conv3x3() && inputs <= kDirectConvMaxInputs &&
+         kh == 3 && kw == 3 &&
+         p.stride == 1 && p.pad_top == 1 && p.pad_bottom == 1 && p.pad_left == 1 && p.pad_right == 1;
+}
+
 inline bool is_pointwise(int kh, int kw, const Conv2dParams& p) {
   return kh == 1 && kw == 1 && p.stride == 1 && p.pad_top == 0 && p.pad_bottom == 0 && p.pad_left == 0 &&
          p.pad_right == 0;
@@ -125,6 +142,14 @@ void conv2d_backward(const Tensor<T, Cpu>& dy, const Tensor<T, Cpu>& x, const Te
     }, grain_for(N * HWo));
   }
   if (!need_dx && !need_dw) return;
+  if (need_dx && detail::is_direct3x3<T>(O, kh, kw, p)) {  // dX = dY convolved with W flipped and transposed
+    if constexpr (std::is_same_v<T, float>) {
+      dx = Tensor<T, Cpu>::empty(x_shape);
+      detail::conv3x3_direct(dy.data(), N, O, Ho, Wo, w.data(), C, nullptr, dx.data(), true);
+    }
+    need_dx = false;
+    if (!need_dw) return;
+  }
   if (need_dx) dx = Tensor<T, Cpu>::zeros(x_shape);
   if (need_dw) dw = Tensor<T, Cpu>::zeros(w_shape);
   const bool pointwise = detail::is_pointwise(kh, kw, p);
@@ -175,23 +200,28 @@ Tensor<T, Cpu> conv2d(const Tensor<T, Cpu>& x_in, const Tensor<T, Cpu>& weight_i
   if (bias.defined())
     check<ShapeError>(bias.numel() == O, "conv2d: bias ", bias.shape().str(), " does not match ", O, " outputs");
 
-  const bool pointwise = detail::is_pointwise(kh, kw, p);
-  const int64_t band = detail::band_rows<T>(Kdim, Wo, Ho);
-  std::vector<T> col(pointwise ? 0 : static_cast<std::size_t>(Kdim * band * Wo));
-  for (int64_t n = 0; n < N; ++n) {
-    const T* xn = x.data() + n * C * H * W;
-    T* on = out.data() + n * O * HWo;
-    if (bias.defined())
-      for (int64_t o = 0; o < O; ++o) std::fill(on + o * HWo, on + (o + 1) * HWo, bias.data()[o]);
-    const T beta = bias.defined() ? T(1) : T(0);
-    if (pointwise) {
-      gemm<T>(false, false, O, HWo, C, T(1), w.data(), C, xn, HWo, beta, on, HWo);
-      continue;
-    }
-    for (int64_t oy0 = 0; oy0 < Ho; oy0 += band) {
-      const int64_t oy1 = std::min(Ho, oy0 + band), cols = (oy1 - oy0) * Wo;
-      detail::im2col_band(xn, C, H, W, kh, kw, p, Wo, oy0, oy1, col.data());
-      gemm<T>(false, false, O, cols, Kdim, T(1), w.data(), Kdim, col.data(), cols, beta, on + oy0 * Wo, HWo);
+  if (detail::is_direct3x3<T>(C, kh, kw, p)) {
+    if constexpr (std::is_same_v<T, float>)
+      detail::conv3x3_direct(x.data(), N, C, H, W, w.data(), O, bias.defined() ? bias.data() : nullptr, out.data());
+  } else {
+    const bool pointwise = detail::is_pointwise(kh, kw, p);
+    const int64_t band = detail::band_rows<T>(Kdim, Wo, Ho);
+    std::vector<T> col(pointwise ? 0 : static_cast<std::size_t>(Kdim * band * Wo));
+    for (int64_t n = 0; n < N; ++n) {
+      const T* xn = x.data() + n * C * H * W;
+      T* on = out.data() + n * O * HWo;
+      if (bias.defined())
+        for (int64_t o = 0; o < O; ++o) std::fill(on + o * HWo, on + (o + 1) * HWo, bias.data()[o]);
+      const T beta = bias.defined() ? T(1) : T(0);
+      if (pointwise) {
+        gemm<T>(false, false, O, HWo, C, T(1), w.data(), C, xn, HWo, beta, on, HWo);
+        continue;
+      }
+      for (int64_t oy0 = 0; oy0 < Ho; oy0 += band) {
+        const int64_t oy1 = std::min(Ho, oy0 + band), cols = (oy1 - oy0) * Wo;
+        detail::im2col_band(xn, C, H, W, kh, kw, p, Wo, oy0, oy1, col.data());
+        gemm<T>(false, false, O, cols, Kdim, T(1), w.data(), Kdim, col.data(), cols, beta, on + oy0 * Wo, HWo);
+      }
     }
   }
   if (autograd::should_record(x, w, bias)) {
