@@ -27,6 +27,15 @@ cmake --build build -j "$jobs"
 step "tests"
 ctest --test-dir build --output-on-failure -j "$jobs"
 
+step "benchmark smoke run: our side of benchmarks/compare_pytorch.sh on small models (never timed)"
+# Every component of bench_sd15_cpu --component runs once on small models of the same architectures (well under a
+# second in all); the comparison script and the PyTorch harness are only parsed (they need PyTorch and SD1.5 sizes).
+for c in unet vae_dec vae_enc clip adapt gemm; do
+  build/bin/bench_sd15_cpu --component "$c" --tiny --res 8 --reps 1 --threads 2 | cut -c1-150
+done
+bash -n benchmarks/compare_pytorch.sh
+python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read())' benchmarks/peer_adapt_bench.py
+
 step "file-format tests under AddressSanitizer + UBSan"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DADABLDM_SANITIZE=ON -DADABLDM_CUDA=OFF \
       -DADABLDM_BUILD_EXAMPLES=OFF -DADABLDM_BUILD_BENCHMARKS=OFF
