@@ -2,7 +2,9 @@
 // Group norm and layer norm (PyTorch semantics: biased variance, eps inside the square root), with an optional
 // fused activation after the affine transform (GroupNorm + SiLU is the most common pair in the UNet and VAE),
 // and their backward kernels (the statistics are saved by the forward; the activation's input is recomputed).
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "adabldm/core/autograd_record.hpp"
@@ -13,18 +15,43 @@
 namespace adabldm::ops {
 
 namespace detail {
-/// Mean and 1/sqrt(var + eps) of n values, accumulated in double (two passes: no cancellation).
+/// Accumulator of the vectorised sums below: float lanes for f32 (and narrower) data, double for double.
+template <class T>
+using LaneT = std::conditional_t<std::is_same_v<T, double>, double, float>;
+inline constexpr int kLanes = 16;         // one AVX-512 register of floats
+inline constexpr int64_t kLaneBlock = 512;  // elements per block; each block's lanes are added in double
+
+/// The sums of f(i) and g(i) over i in [0, n) in double. A plain `s += f(i)` is one serial chain of additions
+/// (the compiler may not reorder it); here kLanes independent lanes over blocks of kLaneBlock elements vectorise,
+/// and each block's lanes (32 values each) are added in double, so the error stays at float rounding of short sums.
+template <class T, class F, class G>
+inline void lane_sums(int64_t n, F&& f, G&& g, double& sum_f, double& sum_g) {
+  using L = LaneT<T>;
+  sum_f = sum_g = 0;
+  for (int64_t b = 0; b < n; b += kLaneBlock) {
+    const int64_t e = std::min(n, b + kLaneBlock);
+    L lf[kLanes] = {}, lg[kLanes] = {};
+    int64_t i = b;
+    for (; i + kLanes <= e; i += kLanes)
+      for (int j = 0; j < kLanes; ++j) lf[j] += f(i + j), lg[j] += g(i + j);
+    for (; i < e; ++i) lf[0] += f(i), lg[0] += g(i);
+    for (int j = 0; j < kLanes; ++j) sum_f += static_cast<double>(lf[j]), sum_g += static_cast<double>(lg[j]);
+  }
+}
+
+/// Mean and 1/sqrt(var + eps) of n values (two passes: no cancellation).
 template <class T>
 inline void moments(const T* x, int64_t n, double eps, double& mean, double& rstd) {
-  double s = 0;
-  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(x[i]);
+  using L = LaneT<T>;
+  double s = 0, unused = 0;
+  lane_sums<T>(n, [&](int64_t i) { return static_cast<L>(x[i]); }, [](int64_t) { return L(0); }, s, unused);
   mean = s / static_cast<double>(n);
-  double v = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double d = static_cast<double>(x[i]) - mean;
-    v += d * d;
-  }
-  rstd = 1.0 / std::sqrt(v / static_cast<double>(n) + eps);
+  const L m = static_cast<L>(mean);
+  double v = 0, d1 = 0;  // d1 = sum of (x - m): corrects for m being mean rounded to L
+  lane_sums<T>(n, [&](int64_t i) { const L d = static_cast<L>(x[i]) - m; return d * d; },
+               [&](int64_t i) { return static_cast<L>(x[i]) - m; }, v, d1);
+  const double nn = static_cast<double>(n), dm = d1 / nn;
+  rstd = 1.0 / std::sqrt(std::max(0.0, v / nn - dm * dm) + eps);
 }
 
 /// Rows per partial sum when a parameter gradient is reduced over rows: a fixed split (not per thread), so the
@@ -57,25 +84,27 @@ void group_norm_backward(const Tensor<T, Cpu>& dy, const Tensor<T, Cpu>& x, int6
       const T* xs = xp + off + cc * spatial;
       const T* gs = gp + off + cc * spatial;
       T* ws = wp + off + cc * spatial;
+      // dpre = dy * act'(the pre-activation); sums of dpre and dpre * xhat. ws holds dpre * gamma.
+      for (int64_t i = 0; i < spatial; ++i) ws[i] = gs[i] * activation_derivative(act, xs[i] * scale + shift);
+      using L = detail::LaneT<T>;
+      const L m = static_cast<L>(mean), r = static_cast<L>(rstd);
       double s1 = 0, s2 = 0;
-      for (int64_t i = 0; i < spatial; ++i) {
-        const T dpre = gs[i] * activation_derivative(act, xs[i] * scale + shift);
-        const double xhat = (static_cast<double>(xs[i]) - mean) * rstd;
-        s1 += static_cast<double>(dpre);
-        s2 += static_cast<double>(dpre) * xhat;
-        ws[i] = dpre * g;
-      }
+      detail::lane_sums<T>(spatial, [&](int64_t i) { return static_cast<L>(ws[i]); },
+                           [&](int64_t i) { return static_cast<L>(ws[i]) * ((static_cast<L>(xs[i]) - m) * r); }, s1, s2);
+      for (int64_t i = 0; i < spatial; ++i) ws[i] *= g;
       sum_dpre[static_cast<std::size_t>(ng / groups * C + c)] = static_cast<T>(s1);
       sum_dpre_xhat[static_cast<std::size_t>(ng / groups * C + c)] = static_cast<T>(s2);
       a += s1 * static_cast<double>(g);
       b += s2 * static_cast<double>(g);
     }
     if (!need_dx) return;
+    // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), as rstd * dxhat - (c0 + c1 * x).
     const double n = static_cast<double>(cpg * spatial), ma = a / n, mb = b / n;
-    for (int64_t i = 0; i < cpg * spatial; ++i) {
-      const double xhat = (static_cast<double>(xp[off + i]) - mean) * rstd;
-      wp[off + i] = static_cast<T>(rstd * (static_cast<double>(wp[off + i]) - ma - xhat * mb));
-    }
+    const T r = static_cast<T>(rstd), c1 = static_cast<T>(rstd * rstd * mb),
+            c0 = static_cast<T>(rstd * ma - mean * rstd * rstd * mb);
+    T* w = wp + off;
+    const T* xv = xp + off;
+    for (int64_t i = 0; i < cpg * spatial; ++i) w[i] = r * w[i] - (c0 + c1 * xv[i]);
   }, grain_for(6 * cpg * spatial));
   if (need_dx) dx = work;
   auto reduce_over_batch = [&](const std::vector<T>& per_nc) {
