@@ -108,3 +108,26 @@ TEST_CASE("thread knob validates its input") {
   CHECK(num_threads() == 3);
   set_num_threads(saved);
 }
+
+TEST_CASE("host buffers of 1 MB or more are reused after they are freed, smaller ones are not cached") {
+  auto& cache = detail::HostBufferCache::instance();
+  if (detail::HostBufferCache::limit() < (std::size_t{8} << 20)) return;  // off (AddressSanitizer, or the user)
+  cache.clear();
+  const void* first = nullptr;
+  {
+    auto big = Tensor<float, Cpu>::empty({3, 1 << 18});  // 3 MB
+    first = big.data();
+  }
+  CHECK(cache.cached_bytes() == (std::size_t{3} << 20));
+  {
+    auto again = Tensor<float, Cpu>::empty({1 << 18, 3});  // the same size, another shape: the same buffer
+    CHECK(static_cast<const void*>(again.data()) == first);
+    CHECK(cache.cached_bytes() == 0);
+    auto other = Tensor<float, Cpu>::empty({1 << 19});  // 2 MB: not cached yet, a new buffer
+    CHECK(static_cast<const void*>(other.data()) != first);
+  }
+  { auto small = Tensor<float, Cpu>::empty({1000}); }
+  CHECK(cache.cached_bytes() == (std::size_t{5} << 20));
+  cache.clear();
+  CHECK(cache.cached_bytes() == 0);
+}

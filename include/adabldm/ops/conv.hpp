@@ -154,8 +154,9 @@ void conv2d_backward(const Tensor<T, Cpu>& dy, const Tensor<T, Cpu>& x, const Te
   if (need_dw) dw = Tensor<T, Cpu>::zeros(w_shape);
   const bool pointwise = detail::is_pointwise(kh, kw, p);
   const int64_t band = detail::band_rows<T>(Kdim, Wo, Ho);
-  std::vector<T> col(pointwise || !need_dw ? 0 : static_cast<std::size_t>(Kdim * band * Wo));
-  std::vector<T> dcol(pointwise || !need_dx ? 0 : static_cast<std::size_t>(Kdim * band * Wo));
+  // Work buffers from the host buffer cache (Tensor::empty): no zeroing, no fresh pages per call.
+  auto col = Tensor<T, Cpu>::empty({pointwise || !need_dw ? 0 : Kdim * band * Wo});
+  auto dcol = Tensor<T, Cpu>::empty({pointwise || !need_dx ? 0 : Kdim * band * Wo});
   for (int64_t n = 0; n < N; ++n) {
     const T* gn = dy.data() + n * O * HWo;
     if (pointwise) {
@@ -206,7 +207,7 @@ Tensor<T, Cpu> conv2d(const Tensor<T, Cpu>& x_in, const Tensor<T, Cpu>& weight_i
   } else {
     const bool pointwise = detail::is_pointwise(kh, kw, p);
     const int64_t band = detail::band_rows<T>(Kdim, Wo, Ho);
-    std::vector<T> col(pointwise ? 0 : static_cast<std::size_t>(Kdim * band * Wo));
+    auto col = Tensor<T, Cpu>::empty({pointwise ? 0 : Kdim * band * Wo});
     for (int64_t n = 0; n < N; ++n) {
       const T* xn = x.data() + n * C * H * W;
       T* on = out.data() + n * O * HWo;
