@@ -4,6 +4,7 @@
 #include "golden.hpp"
 #include "cli_runner.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -90,6 +91,11 @@ TEST_CASE("evaluate: three conditions, its files, and a rerun that reuses the de
   CHECK(again.err.find("real_seed0: reusing") != std::string::npos);
   const auto j2 = read_json(out / "results.json");
   for (std::size_t i = 0; i < 6; ++i) CHECK(j2["runs"][i]["metrics"] == j["runs"][i]["metrics"]);
+  // A rerun with other training settings into the same folder is refused, naming the detector and the setting.
+  const Run other = cli(cmd + " --pos-weight 2");
+  CHECK(other.code != 0);
+  CHECK(other.err.find("real_seed0.safetensors: trained with pos_weight 5.0, this run asks for 2.0") != std::string::npos);
+  CHECK(std::count(other.err.begin(), other.err.end(), '\n') == 1);
 
   // Re-scoring another root whose test/ and ground_truth/ are symbolic links into the first one.
   const auto linked = f.dir / "linked";

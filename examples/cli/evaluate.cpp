@@ -36,6 +36,8 @@ const char* kUsage =
     "  --batch B               images per step (default 8, half of them defects)\n"
     "  --crop PX               training crop side (default 128; 0 = whole images)\n"
     "  --lr LR                 AdamW peak learning rate, cosine decay (default 1e-3)\n"
+    "  --pos-weight W          BCE weight of defect pixels (default 5)\n"
+    "  --dice-weight W         weight of the soft Dice term (default 1; 0 = BCE only)\n"
     "  --widths LIST           detector channels per level (default 16,32,64,128)\n"
     "  --quiet                 no progress output\n";
 
@@ -68,7 +70,7 @@ long parse_integer(const std::string& s, const char* what, long lo, long hi) {
 int cmd_evaluate(int argc, char** argv) {
   const Args args(argc, argv, 2,
                   {"data", "defect", "out", "conditions", "synthetic", "extra", "seeds", "protocol", "size", "steps",
-                   "batch", "crop", "lr", "widths", "detectors"},
+                   "batch", "crop", "lr", "pos-weight", "dice-weight", "widths", "detectors"},
                   {"help", "quiet", "no-composite"});
   if (args.flag("help")) {
     std::fputs(kUsage, stdout);
@@ -84,7 +86,8 @@ int cmd_evaluate(int argc, char** argv) {
   };
 
   if (args.has("detectors")) {
-    for (const char* o : {"defect", "conditions", "synthetic", "extra", "seeds", "size", "steps", "batch", "crop", "lr", "widths"})
+    for (const char* o : {"defect", "conditions", "synthetic", "extra", "seeds", "size", "steps", "batch", "crop", "lr",
+                         "pos-weight", "dice-weight", "widths"})
       check(!args.has(o), "--", o, " does not apply with --detectors (the detectors record their settings)");
     const auto runs = eval::rescore(args.require_nonempty("detectors"), args.require_nonempty("data"),
                                     args.require_nonempty("out"), protocol, on_event);
@@ -119,6 +122,8 @@ int cmd_evaluate(int argc, char** argv) {
   o.training.positives = o.training.batch / 2;
   o.training.crop = static_cast<int>(args.integer_in("crop", o.training.crop, 0, 4096));
   o.training.lr = args.number_in("lr", o.training.lr, 1e-8, 1.0);
+  o.training.pos_weight = args.number_in("pos-weight", o.training.pos_weight, 1e-3, 1e3);
+  o.training.dice_weight = args.number_in("dice-weight", o.training.dice_weight, 0.0, 1e3);
   if (args.has("widths")) {
     o.detector.widths.clear();
     for (const auto& w : split_list(args.get("widths"), "widths"))

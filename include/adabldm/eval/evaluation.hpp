@@ -285,6 +285,13 @@ inline std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
       SegmentationDetector<float> det(dc);
       if (r.loaded) {
         auto loaded = load_detector(det_file.string());
+        // A detector trained with other settings would silently mix two experiments in one table.
+        for (const auto& [key, value] : info["training"].items())
+          check(!loaded.meta.contains("training") || loaded.meta["training"].value(key, value) == value, det_file.string(),
+                ": trained with ", key, " ", loaded.meta["training"].value(key, value).dump(), ", this run asks for ",
+                value.dump(), "; use another --out or delete it");
+        check(loaded.meta.value("size", o.size) == o.size && loaded.meta.value("type", o.type) == o.type,
+              det_file.string(), ": trained for another --size or --defect; use another --out or delete it");
         det = std::move(loaded.detector);
         r.train_seconds = loaded.meta.value("train_seconds", 0.0);
         say(tag + ": reusing " + det_file.string());
@@ -308,7 +315,7 @@ inline std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
         save_detector(det, det_file.string(),
                       {{"condition", condition}, {"seed", seed}, {"type", o.type}, {"size", o.size},
                        {"protocol", protocol_name(o.protocol)}, {"steps", t.steps},
-                       {"train_seconds", r.train_seconds}});
+                       {"training", info["training"]}, {"train_seconds", r.train_seconds}});
       }
       r.metrics = detail::score_and_measure(det, test, fs::path(o.out) / "scores" / (tag + ".safetensors"));
       char buf[160];
