@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -19,6 +20,7 @@
 
 #include "adabldm/io/json.hpp"
 #include "adabldm/io/safetensors.hpp"
+#include "poisoned_checkpoint.hpp"
 
 using namespace adabldm;
 
@@ -304,6 +306,66 @@ TEST_CASE("inspect: folders and single files, with the fit of their weights") {
   // without the config, shapes cannot tell the tiny UNet's head count: said, not fatal
   const Result inferred = run_ok("inspect " + data("ldm_format/model.safetensors"));
   CHECK(inferred.out.find("number of heads cannot be inferred") != std::string::npos);
+}
+
+TEST_CASE("inspect counts NaN and Inf per tensor and in total, never refusing; convert and forward refuse such "
+          "weights in one line naming the file and the tensor unless --allow-non-finite (issue 20, item 7)") {
+  const std::string key = "first_stage_model.decoder.conv_in.weight";
+  const std::string first = "non-finite values: 1 tensor (first: " + key + ": 3 NaN, 1 Inf)\n";
+  for (const DType dtype : {DType::F32, DType::F16, DType::BF16}) {
+    const std::string label = poisoned::dtype_label(dtype);
+    CAPTURE(label);
+    const std::string single = tmp("nonfinite_" + label + ".safetensors");
+    poisoned::write(golden::path("tiny_pipeline/single_file.safetensors"), single, key, dtype, 3, 1);
+    const Result r = run_ok("inspect " + q(single) + " --tensors");
+    CHECK(r.out.find("    " + key + " " + dtype_name(dtype) + " [32, 4, 3, 3] 3 NaN, 1 Inf\n") != std::string::npos);
+    CHECK(r.out.find("    first_stage_model.decoder.conv_in.bias F16 [32] finite\n") != std::string::npos);
+    CHECK(r.out.find("\n  " + first) != std::string::npos);  // its component
+    CHECK(r.out.find("\n" + first) != std::string::npos);    // the total
+    CHECK(r.out.find("component model.diffusion_model.") != std::string::npos);
+    CHECK(r.out.find("  non-finite values: none\n") != std::string::npos);  // the UNet's
+    // convert refuses it before writing anything; --allow-non-finite converts it as it is
+    const std::string config = " --config " + data("tiny_pipeline/single_file_config.json");
+    check_error("convert " + q(single) + " " + q(tmp("converted_" + label)) + config,
+                single + ": tensor \"" + key + "\" has 3 NaN and 1 Inf values; refusing to load it "
+                         "(--allow-non-finite skips this check)");
+    CHECK_FALSE(fs::exists(tmp("converted_" + label)));
+    run_ok("convert " + q(single) + " " + q(tmp("converted_" + label)) + config + " --allow-non-finite");
+    const Result c = run_ok("inspect " + q(tmp("converted_" + label)));
+    CHECK(c.out.find("\nnon-finite values: 1 tensor (first: vae/decoder.conv_in.weight: 3 NaN, 1 Inf)\n") != std::string::npos);
+  }
+  // A component folder and a pipeline folder: per component and in total, the pipeline's names qualified.
+  const fs::path vae = work_dir() / "nonfinite_vae";
+  fs::create_directories(vae);
+  fs::copy(golden::path("vae_kl/config.json"), vae / "config.json");
+  poisoned::write(golden::path("vae_kl/model.safetensors"), (vae / "model.safetensors").string(),
+                  "decoder.conv_in.weight", DType::F32, 0, 2);
+  const Result folder = run_ok("inspect " + q(vae.string()));
+  CHECK(folder.out.find("\n  non-finite values: 1 tensor (first: decoder.conv_in.weight: 0 NaN, 2 Inf)\n") != std::string::npos);
+  CHECK(folder.out.find("\nnon-finite values: 1 tensor (first: decoder.conv_in.weight: 0 NaN, 2 Inf)\n") != std::string::npos);
+  const fs::path pipe = work_dir() / "nonfinite_pipeline";
+  fs::copy(golden::path("tiny_pipeline/diffusers"), pipe, fs::copy_options::recursive);
+  for (const char* part : {"unet", "vae"}) {
+    const std::string w = (pipe / part / "diffusion_pytorch_model.safetensors").string();
+    poisoned::write(w, w + ".poisoned", std::string(part) == "vae" ? "decoder.conv_in.weight" : "conv_in.weight", DType::F32, 1, 0);
+    fs::rename(w + ".poisoned", w);
+  }
+  const Result pipeline = run_ok("inspect " + q(pipe.string()));
+  CHECK(pipeline.out.find("\nnon-finite values: 2 tensors (first: unet/conv_in.weight: 1 NaN, 0 Inf)\n") != std::string::npos);
+  CHECK(pipeline.out.find("  non-finite values: 1 tensor (first: decoder.conv_in.weight: 1 NaN, 0 Inf)\n") != std::string::npos);
+  // forward refuses the folder; with the flag it runs, and the NaN reaches the output
+  const auto ref = io::SafeTensors::open(golden::path("vae_kl/io.safetensors"));
+  const std::string in = make_inputs(ref, {{"z", "z"}}), out = fresh("nonfinite_forward");
+  check_error("forward --model " + q(vae.string()) + " --component vae --io " + q(in) + " --out " + q(out),
+              (vae / "model.safetensors").string() + ": tensor \"decoder.conv_in.weight\" has 0 NaN and 2 Inf values");
+  CHECK_FALSE(fs::exists(out));
+  run_ok("forward --model " + q(vae.string()) + " --component vae --io " + q(in) + " --out " + q(out) + " --allow-non-finite");
+  const auto decoded = io::SafeTensors::open(out).get<float>("decoded_z").to_vector();
+  CHECK(std::any_of(decoded.begin(), decoded.end(), [](float v) { return !std::isfinite(v); }));
+  // clean files: "none" and "finite"
+  const Result clean = run_ok("inspect " + data("vae_kl") + " --tensors");
+  CHECK(clean.out.find("\nnon-finite values: none\n") != std::string::npos);
+  CHECK(clean.out.find("    decoder.conv_in.weight F32 [32, 4, 3, 3] finite\n") != std::string::npos);
 }
 
 TEST_CASE("tokenize: every tokenizer case, both paddings") {

@@ -11,6 +11,7 @@
 #include "adabldm/defect/imgproc.hpp"
 #include "adabldm/io/image.hpp"
 #include "adabldm/io/safetensors.hpp"
+#include "poisoned_checkpoint.hpp"
 
 using namespace adabldm;
 namespace fs = std::filesystem;
@@ -330,7 +331,8 @@ TEST_CASE("issue 11 sweep: generate and train succeed for seeds 0..50 on every r
 
 TEST_CASE("generate: a failing sample is recorded in failures.jsonl, the run goes on, exit 4; --resume retries it") {
   const auto dir = temp_dir("failing");
-  // A model whose UNet produces NaN: a copy of the tiny pipeline with one NaN in conv_out's bias.
+  // A model whose UNet produces NaN: a copy of the tiny pipeline with one NaN in conv_out's bias (loaded with
+  // --allow-non-finite: by default such weights are refused before any sample, see the non-finite test below).
   fs::copy(kTiny, dir / "nan_model", fs::copy_options::recursive);
   const auto unet_file = dir / "nan_model" / "unet" / "diffusion_pytorch_model.safetensors";
   {
@@ -350,6 +352,10 @@ TEST_CASE("generate: a failing sample is recorded in failures.jsonl, the run goe
   std::string args = gen_args(out) + " -n 3";
   args.replace(args.find(kTiny), kTiny.size(), (dir / "nan_model").string());
   auto r = cli(args);
+  CHECK(r.code == 1);  // refused at load, nothing written
+  CHECK(r.err.find("conv_out.bias\" has 1 NaN and 0 Inf values") != std::string::npos);
+  CHECK(!fs::exists(out / "failures.jsonl"));
+  r = cli(args + " --allow-non-finite");
   CHECK(r.code == 4);
   CHECK(r.err.find("0 samples into") != std::string::npos);
   CHECK(r.err.find("3 of 3 failed") != std::string::npos);  // printed even with --quiet
@@ -365,6 +371,81 @@ TEST_CASE("generate: a failing sample is recorded in failures.jsonl, the run goe
   REQUIRE_MESSAGE(r.code == 0, r.err);
   CHECK(lines(out / "manifest.jsonl").size() == 3);
   CHECK(fs::exists(out / "images" / "000002.png"));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("generate / train / sample: weights with NaN or Inf are refused in one line naming the file and the tensor, "
+          "before any output; --allow-non-finite loads them (issue 20, item 7)") {
+  const auto dir = temp_dir("nonfinite");
+  const auto out = dir / "out";
+  const std::string config = " --config " + golden::path("tiny_pipeline/single_file_config.json");
+  const std::string tail = " has 1 NaN and 1 Inf values; refusing to load it (--allow-non-finite skips this check)\n";
+  // A pipeline folder whose VAE holds a NaN and an Inf (f32).
+  const auto model = dir / "model";
+  fs::copy(kTiny, model, fs::copy_options::recursive);
+  const std::string vae = (model / "vae" / "diffusion_pytorch_model.safetensors").string();
+  poisoned::write(vae, vae + ".tmp", "decoder.conv_in.weight", DType::F32);
+  fs::rename(vae + ".tmp", vae);
+  const std::string vae_msg = vae + ": tensor \"decoder.conv_in.weight\"" + tail;
+  // Trimap encoders (cldm single file, control_model.*) with a NaN and an Inf stored as f32, f16 and bf16.
+  const std::string hint = "control_model.input_hint_block.0.weight";
+  std::vector<std::string> trimaps;
+  for (const DType dtype : {DType::F32, DType::F16, DType::BF16}) {
+    trimaps.push_back((dir / ("trimap_" + std::string(poisoned::dtype_label(dtype)) + ".safetensors")).string());
+    poisoned::write(golden::path("tiny_pipeline/controlnet_single_file.safetensors"), trimaps.back(), hint, dtype);
+  }
+  const std::string data = " --ok " + golden::path("magnetic-tile/ok") + " --ng " + golden::path("magnetic-tile/ng") +
+                           " --masks " + golden::path("magnetic-tile/masks") + " --object tile --defect blowhole --size 64 --quiet";
+  const std::string te = (out / "te.safetensors").string(), log = (out / "loss.csv").string();
+  const std::string train = "train" + data + " --steps 2 --out " + te + " --log " + log;
+  // A training checkpoint after one step (weights, AdamW state, step) with a NaN and an Inf, for --resume.
+  const std::string ckpt = (dir / "resume.safetensors").string();
+  auto r = cli("train" + data + " --model " + kTiny + " --steps 1 --out " + ckpt + ".clean");
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  poisoned::write(ckpt + ".clean", ckpt, "controlnet.conv_in.weight", DType::F32);
+  std::vector<std::pair<std::string, std::string>> cases = {  // {command, expected stderr}
+      {"generate --model " + model.string() + data + " -n 1 --steps 2 --out " + out.string(), vae_msg},
+      {"train --model " + model.string() + data + " --steps 2 --out " + te + " --log " + log, vae_msg},
+      {train + " --model " + kTiny + " --resume " + ckpt, ckpt + ": tensor \"controlnet.conv_in.weight\"" + tail},
+      {"sample --model " + model.string() + " --prompt x --steps 2 --quiet --out " + (out / "x.png").string(), vae_msg},
+  };
+  for (const auto& t : trimaps) {
+    const std::string msg = t + ": tensor \"" + hint + "\"" + tail;
+    cases.push_back({gen_args(out) + " -n 1 --no-adapt --trimap-encoder " + t + config, msg});
+    cases.push_back({train + " --model " + kTiny + " --init " + t + config, msg});
+    cases.push_back({"sample --model " + kTiny + " --prompt x --steps 2 --quiet --trimap-encoder " + t + config +
+                         " --out " + (out / "x.png").string(), msg});
+  }
+  for (const auto& [args, expect] : cases) {
+    CAPTURE(args);
+    const auto r = cli(args);
+    CHECK(r.code == 1);
+    CHECK(r.err.find(expect) != std::string::npos);  // the whole line, ending the message
+    CHECK(r.err.find(expect) == r.err.size() - expect.size());
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+    CHECK(no_files_under(out));
+  }
+  // --allow-non-finite loads them: the NaN then reaches the samples (generate records each as failed, exit 4) and
+  // the losses (train skips every step, exit 4) and sample's image.
+  r = cli(gen_args(out) + " -n 1 --no-adapt --trimap-encoder " + trimaps[1] + config + " --allow-non-finite");
+  CHECK(r.code == 4);
+  REQUIRE(lines(out / "failures.jsonl").size() == 1);
+  CHECK(io::Json::parse(lines(out / "failures.jsonl")[0])["reason"].get<std::string>().find("non-finite") != std::string::npos);
+  r = cli(train + " --model " + kTiny + " --init " + trimaps[2] + config + " --allow-non-finite");
+  CHECK(r.code == 4);
+  CHECK(r.err.find("2 of them skipped for a non-finite loss") != std::string::npos);
+  r = cli("train" + data + " --steps 3 --out " + te + " --model " + kTiny + " --resume " + ckpt + " --allow-non-finite");
+  CHECK(r.code == 4);
+  CHECK(r.err.find("trained 2 steps, 2 of them skipped for a non-finite loss") != std::string::npos);
+  r = cli("sample --model " + model.string() + " --prompt x --steps 2 --quiet --allow-non-finite --out-tensors " +
+          (out / "x.safetensors").string() + " --out " + (out / "x.png").string());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  const auto image = io::SafeTensors::open((out / "x.safetensors").string()).get<float>("image_decoded").to_vector();
+  CHECK(std::any_of(image.begin(), image.end(), [](float v) { return !std::isfinite(v); }));
+  // a clean trimap encoder loads as before
+  r = cli(gen_args(out / "clean") + " -n 1 --no-adapt --trimap-encoder " +
+          golden::path("tiny_pipeline/controlnet_single_file.safetensors") + config);
+  CHECK_MESSAGE(r.code == 0, r.err);
   fs::remove_all(dir);
 }
 

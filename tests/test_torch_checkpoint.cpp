@@ -6,9 +6,11 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 #include <map>
 #include <random>
@@ -470,6 +472,40 @@ TEST_CASE("bounded work: shared objects are walked once, shapes overflow with a 
   expect_bad("expand_many", torch_zip(program(dict({{"a", tensor("0", 4, 0, big, zero)}, {"b", tensor("0", 4, 0, big, zero)},
                                                     {"c", tensor("0", 4, 0, big, zero)}})), kFourFloats),
              "more than the file holds");
+}
+
+TEST_CASE("non-finite weights in a PyTorch checkpoint (f32, f16, bf16 storages) are counted and refused naming the "
+          "file and the key (issue 20, item 7)") {
+  // One NaN and one Inf in "model.bad" (stored as `type`), a clean "model.good" beside it; what ModelSource does with
+  // a single file: io::load_checkpoint, then io::check_finite unless LoadOptions::allow_non_finite.
+  auto bits16 = [](std::vector<uint16_t> v) { return std::string(reinterpret_cast<const char*>(v.data()), v.size() * 2); };
+  const std::vector<std::pair<std::string, std::string>> storages = {
+      {"FloatStorage", floats_bytes({1, std::numeric_limits<float>::quiet_NaN(), 3, -std::numeric_limits<float>::infinity()})},
+      {"HalfStorage", bits16({0x3c00, 0x7e00, 0x4200, 0xfc00})},     // 1, NaN, 3, -Inf
+      {"BFloat16Storage", bits16({0x3f80, 0x7fc0, 0x4040, 0xff80})},  // 1, NaN, 3, -Inf
+  };
+  for (const auto& [type, bytes] : storages) {
+    CAPTURE(type);
+    const std::string p = tmp_path("nonfinite_" + type + ".pth");
+    write_bytes(p, torch_zip(pk::program(pk::dict({{"model.bad", pk::tensor("0", 4, 0, {2, 2}, {2, 1}, type)},
+                                                  {"model.good", pk::tensor("1", 4, 0, {4}, {1})}})),
+                             {{"0", bytes}, {"1", floats_bytes({1, 2, 3, 4})}}));
+    const auto sd = io::load_checkpoint(p);
+    const auto c = io::count_non_finite(sd.at("model.bad"));
+    CHECK(c.nan == 1);
+    CHECK(c.inf == 1);
+    CHECK(io::count_non_finite(sd.at("model.good")).total() == 0);
+    const auto v = sd.get<float>("model.bad").to_vector();  // the reader itself keeps the values as they are
+    CHECK((v[0] == 1 && std::isnan(v[1]) && v[2] == 3 && std::isinf(v[3])));
+    try {
+      io::check_finite(sd);
+      FAIL("no error for " << p);
+    } catch (const FormatError& e) {
+      CHECK(std::string(e.what()) == p + ": tensor \"model.bad\" has 1 NaN and 1 Inf values; refusing to load it "
+                                         "(--allow-non-finite skips this check)");
+    }
+    std::remove(p.c_str());
+  }
 }
 
 TEST_CASE("messages are one line: names from the file with control characters are escaped (fuzzing, issue 20)") {

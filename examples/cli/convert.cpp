@@ -218,21 +218,24 @@ std::size_t write_pipeline_atomically(const SdParts& parts, const std::string& o
 }  // namespace
 
 int cmd_convert(int argc, char** argv) {
-  Args args(argc, argv, 2, {"to", "dtype", "config"}, {"help"});
+  Args args(argc, argv, 2, {"to", "dtype", "config"}, {"help", "allow-non-finite"});
   if (args.flag("help") || args.positional().size() != 2) {
     std::fprintf(stderr,
                  "usage: adabldm convert IN OUT [--to diffusers|single] [--dtype f32|f16|bf16] [--config CONFIG.json]\n"
+                 "                       [--allow-non-finite]\n"
                  "  IN        a diffusers pipeline folder or a single-file checkpoint (.safetensors or .ckpt)\n"
                  "  --to      single: one .safetensors in the original layout; diffusers: a pipeline folder\n"
                  "            (default: the other layout)\n"
                  "  --dtype   store float tensors as f32, f16 or bf16 (default: keep)\n"
-                 "  --config  configs of a single file's components (keyed by prefix), where shapes cannot tell\n");
+                 "  --config  configs of a single file's components (keyed by prefix), where shapes cannot tell\n"
+                 "  --allow-non-finite  convert weights that hold NaN or Inf values (default: refused, naming the\n"
+                 "            file and the tensor)\n");
     return args.flag("help") ? 0 : 2;
   }
   const auto t0 = std::chrono::steady_clock::now();
   const std::string in = args.positional()[0], out = args.positional()[1];
   const auto dtype = parse_dtype_option(args.get("dtype"));
-  const auto src = open_model(in, args.get("config"));
+  const auto src = open_model(in, args.get("config"), args.flag("allow-non-finite"));
   const bool from_single = src.kind() == SourceKind::SingleFile;
   const std::string to = args.get("to", from_single ? "diffusers" : "single");
   adabldm::check(to == "diffusers" || to == "single", "option --to: \"", to, "\" is not diffusers or single");

@@ -32,6 +32,8 @@ const char* kUsage =
     "  --model PATH      whose VAE encoder gives the features: a diffusers pipeline or vae folder, or a single-file\n"
     "                    checkpoint (default: the embedded model, models/tile-64)\n"
     "  --config JSON     configs for what tensor shapes cannot tell (see docs/cli.md)\n"
+    "  --allow-non-finite  load weights that hold NaN or Inf values (default: refused, naming the file and the\n"
+    "                    tensor)\n"
     "  --size PX         working size, as generate's --size (default 256)\n"
     "  --recipe R        object (default) | official (CPR as published; docs/foreground.md)\n"
     "  --seed S          seed of the predictor's sampling (default 0; generate uses its own --seed)\n"
@@ -70,7 +72,7 @@ double iou(const Tensor<float>& a, const Tensor<float>& b) {
 int cmd_foreground(int argc, char** argv) {
   using namespace adabldm;
   const Args args(argc, argv, 2, {"ok", "out", "model", "config", "size", "recipe", "seed", "reference"},
-                  {"help", "quiet"});
+                  {"help", "quiet", "allow-non-finite"});
   if (args.flag("help")) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -101,7 +103,7 @@ int cmd_foreground(int argc, char** argv) {
   const bool quiet = args.flag("quiet");
 
   const std::string model = args.has("model") ? args.get("model") : (fs::path(models_dir()) / "tile-64").string();
-  const models::LoadOptions opt{models::ConfigOverrides::from_file(args.get("config")), ""};
+  const models::LoadOptions opt{models::ConfigOverrides::from_file(args.get("config")), "", args.flag("allow-non-finite")};
   const auto vae = models::load_vae<float>(models::ModelSource(model, opt));
   check(size % vae.downscale() == 0, "option --size ", size, ": must be a multiple of ", vae.downscale(),
         " (this model's autoencoder downscale)");

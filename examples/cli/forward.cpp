@@ -59,7 +59,7 @@ void check_folder_class(const adabldm::models::ModelSource& src, const Runner& r
 }  // namespace
 
 int cmd_forward(int argc, char** argv) {
-  Args args(argc, argv, 2, {"model", "config", "component", "io", "out", "scale"}, {"help"});
+  Args args(argc, argv, 2, {"model", "config", "component", "io", "out", "scale"}, {"help", "allow-non-finite"});
   if (args.flag("help") || !args.positional().empty() || !args.has("model") || !args.has("component") ||
       !args.has("io") || !args.has("out")) {
     std::string components;
@@ -67,10 +67,12 @@ int cmd_forward(int argc, char** argv) {
       components += "    " + std::string(r.component) + ": " + joined(r.inputs) + "\n";
     std::fprintf(stderr,
                  "usage: adabldm forward --model PATH [--config CONFIG.json] --component C --io IN.safetensors "
-                 "--out OUT.safetensors [--scale S]\n"
+                 "--out OUT.safetensors [--scale S] [--allow-non-finite]\n"
                  "  PATH   a component folder, a diffusers pipeline folder or a single-file checkpoint\n"
                  "  --config  the component's config, or configs keyed by single-file prefix\n"
                  "  --scale   ControlNet conditioning scale (default 1)\n"
+                 "  --allow-non-finite  load weights that hold NaN or Inf values (default: refused, naming the\n"
+                 "            file and the tensor)\n"
                  "  components and the inputs they take (absent inputs give no outputs):\n%s"
                  "  see docs/cli.md for the outputs\n",
                  components.c_str());
@@ -86,7 +88,7 @@ int cmd_forward(int argc, char** argv) {
   forward::Options opt;
   opt.scale = static_cast<float>(args.number("scale", 1.0));
 
-  const auto src = open_model(args.get("model"), args.get("config"));
+  const auto src = open_model(args.get("model"), args.get("config"), args.flag("allow-non-finite"));
   check_folder_class(src, runner);
   adabldm::io::SafeTensorsWriter out;
   runner.run(src, in, out, opt);

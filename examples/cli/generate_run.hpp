@@ -44,6 +44,8 @@ inline const char* kUsage =
     "  --model PATH            base model: a diffusers pipeline folder or a single-file checkpoint\n"
     "  --trimap-encoder PATH   the trained trimap encoder (default: the model's own controlnet/ or control_model.*)\n"
     "  --config JSON           configs for what tensor shapes cannot tell (see docs/cli.md)\n"
+    "  --allow-non-finite      load weights that hold NaN or Inf values (default: such a checkpoint is refused,\n"
+    "                          naming the file and the tensor; the check costs one pass over the weights)\n"
     "  --ok DIR                defect-free images\n"
     "  --ng DIR, --masks DIR   real defect images and their masks (same file name, or NAME_mask.EXT)\n"
     "  --object, --defect      names for the prompt\n"
@@ -117,7 +119,7 @@ inline Args generate_args(int argc, char** argv) {
               {"model", "trimap-encoder", "config", "ok", "ng", "masks", "object", "defect", "prompt-template", "n",
                "out", "seed", "shard", "preset", "steps", "guidance", "size", "foreground", "adapt-steps", "device",
                "dtype", "adapt-dtype", "min-fit-scale", "contact-rows", "control-scale", "foreground-recipe"},
-              {"help", "no-adapt", "resume", "quiet", "translate-only", "tf32", "contact-sheet"});
+              {"help", "no-adapt", "resume", "quiet", "translate-only", "tf32", "contact-sheet", "allow-non-finite"});
 }
 
 /// A contact-sheet row; samples smaller than 128 px are enlarged (nearest) so that they can be seen.
@@ -239,7 +241,7 @@ int generate_on(const Args& args) {
     check_images_decode(fg_files, "foreground");
   }
 
-  const models::LoadOptions opt{models::ConfigOverrides::from_file(args.get("config")), ""};
+  const models::LoadOptions opt{models::ConfigOverrides::from_file(args.get("config")), "", args.flag("allow-non-finite")};
   progress.note("loading " + args.require("model"));
   auto pipe = Pipeline<T, Dev>::load(args.get("model"), args.get("trimap-encoder"), opt);
   auto& o = pipe.options();

@@ -1,7 +1,8 @@
 // adabldm inspect FILE_OR_DIR: the format, the components (single files: by key prefix; folders: from
 // model_index.json), their dtypes, tensor and parameter counts, and for every component whose architecture can be
 // built (config given or inferable) its class, its config and whether the weights fit it. A config.json alone
-// gives the model it describes, built empty (shapes only), with its exact parameter count.
+// gives the model it describes, built empty (shapes only), with its exact parameter count. NaN and Inf values are
+// counted per tensor and reported (per component and in total; per tensor with --tensors), never refused.
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -30,36 +31,68 @@ using adabldm::io::clip_text_config_json;
 namespace {
 namespace fs = std::filesystem;
 using adabldm::io::StateDict;
+using adabldm::io::NonFiniteCount;
+
+/// The tensors of a file that hold NaN or Inf values, with their counts (one pass over the data).
+using NonFiniteMap = std::map<std::string, NonFiniteCount>;
+NonFiniteMap non_finite_map(const StateDict& sd) {
+  const auto bad = adabldm::io::non_finite_tensors(sd);
+  return NonFiniteMap(bad.begin(), bad.end());
+}
+/// "finite", or "3 NaN, 1 Inf".
+std::string non_finite_text(const NonFiniteCount& c) {
+  if (c.total() == 0) return "finite";
+  return std::to_string(c.nan) + " NaN, " + std::to_string(c.inf) + " Inf";
+}
 
 struct Totals {
   int64_t tensors = 0, parameters = 0;
   std::set<std::string> dtypes;
-  void add(const Totals& o) {
+  int64_t non_finite_tensors = 0;  ///< tensors holding NaN or Inf values
+  std::string first_non_finite;    ///< the first of them (name order): "KEY: 3 NaN, 1 Inf"
+  /// `where` qualifies the names of another total ("vae/" for a pipeline's component).
+  void add(const Totals& o, const std::string& where = "") {
     tensors += o.tensors;
     parameters += o.parameters;
     dtypes.insert(o.dtypes.begin(), o.dtypes.end());
+    if (first_non_finite.empty() && !o.first_non_finite.empty()) first_non_finite = where + o.first_non_finite;
+    non_finite_tensors += o.non_finite_tensors;
   }
-  void add(const adabldm::io::TensorRef& ref) {
+  void add(const std::string& name, const adabldm::io::TensorRef& ref, const NonFiniteMap& bad) {
     ++tensors;
     parameters += ref.shape.numel();
     dtypes.insert(adabldm::dtype_name(ref.dtype));
+    if (const auto it = bad.find(name); it != bad.end()) {
+      if (non_finite_tensors++ == 0) first_non_finite = name + ": " + non_finite_text(it->second);
+    }
   }
   std::string dtype_list() const {
     std::string s;
     for (const auto& d : dtypes) s += (s.empty() ? "" : ", ") + d;
     return s.empty() ? "-" : s;
   }
+  /// "none", or "2 tensors (first: KEY: 3 NaN, 1 Inf)".
+  std::string non_finite() const {
+    if (non_finite_tensors == 0) return "none";
+    return std::to_string(non_finite_tensors) + (non_finite_tensors == 1 ? " tensor" : " tensors") + " (first: " +
+           first_non_finite + ")";
+  }
 };
 
 void print_counts(const Totals& t) {
-  std::printf("  tensors: %lld\n  parameters: %lld\n  dtypes: %s\n", static_cast<long long>(t.tensors),
-              static_cast<long long>(t.parameters), t.dtype_list().c_str());
+  std::printf("  tensors: %lld\n  parameters: %lld\n  dtypes: %s\n  non-finite values: %s\n",
+              static_cast<long long>(t.tensors), static_cast<long long>(t.parameters), t.dtype_list().c_str(),
+              t.non_finite().c_str());
 }
 
-void print_tensor_list(const StateDict& sd, const std::string& prefix = "") {
+/// One line per tensor: name, dtype, shape, and "finite" or its NaN and Inf counts.
+void print_tensor_list(const StateDict& sd, const NonFiniteMap& bad, const std::string& prefix = "") {
   for (const auto& [name, ref] : sd.tensors())
-    if (name.compare(0, prefix.size(), prefix) == 0)
-      std::printf("    %s %s %s\n", name.c_str(), adabldm::dtype_name(ref.dtype), ref.shape.str().c_str());
+    if (name.compare(0, prefix.size(), prefix) == 0) {
+      const auto it = bad.find(name);
+      std::printf("    %s %s %s %s\n", name.c_str(), adabldm::dtype_name(ref.dtype), ref.shape.str().c_str(),
+                  non_finite_text(it == bad.end() ? NonFiniteCount{} : it->second).c_str());
+    }
 }
 
 /// "yes", or what does not fit (up to 12 names of each kind).
@@ -155,8 +188,9 @@ std::function<Built()> single_file_build(const adabldm::models::ModelSource& src
 }
 
 void inspect_single_file(const std::string& path, const std::string& config, bool list_tensors) {
-  const auto src = open_model(path, config);
+  const auto src = open_model(path, config, /*allow_non_finite=*/true);  // reported below, not refused
   const auto& file = src.file();
+  const NonFiniteMap bad = non_finite_map(file);
   std::printf("file: %s\nformat: %s (%zu tensors)\n", path.c_str(),
               adabldm::io::checkpoint_format_name(adabldm::io::detect_checkpoint_format(path)), file.size());
   for (const auto& [k, v] : file.metadata()) {
@@ -168,8 +202,8 @@ void inspect_single_file(const std::string& path, const std::string& config, boo
   std::map<std::string, Totals> groups;
   Totals all;
   for (const auto& [name, ref] : file.tensors()) {
-    groups[group_of(name)].add(ref);
-    all.add(ref);
+    groups[group_of(name)].add(name, ref, bad);
+    all.add(name, ref, bad);
   }
   for (const auto& [prefix, totals] : groups) {
     std::string label;
@@ -178,10 +212,10 @@ void inspect_single_file(const std::string& path, const std::string& config, boo
     std::printf("component %s%s\n", prefix.c_str(), label.c_str());
     print_counts(totals);
     if (auto build = single_file_build(src, prefix)) print_built(build);
-    if (list_tensors) print_tensor_list(file, prefix);
+    if (list_tensors) print_tensor_list(file, bad, prefix);
   }
-  std::printf("total: %lld tensors, %lld parameters\n", static_cast<long long>(all.tensors),
-              static_cast<long long>(all.parameters));
+  std::printf("total: %lld tensors, %lld parameters\nnon-finite values: %s\n", static_cast<long long>(all.tensors),
+              static_cast<long long>(all.parameters), all.non_finite().c_str());
 }
 
 // ---- folders -----------------------------------------------------------------------------------------------------
@@ -193,13 +227,15 @@ Totals inspect_component_folder(const fs::path& dir, const std::string& expected
   if (cls.empty()) cls = expected_class;
   std::optional<StateDict> weights;
   try {
-    weights = adabldm::models::read_component_weights(dir.string());
+    weights = adabldm::models::read_component_weights(dir.string(), "", /*allow_non_finite=*/true);
   } catch (const adabldm::IoError&) {
     std::printf("  weights: none found\n");
   }
   Totals t;
+  NonFiniteMap bad;
   if (weights) {
-    for (const auto& [name, ref] : weights->tensors()) t.add(ref);
+    bad = non_finite_map(*weights);
+    for (const auto& [name, ref] : weights->tensors()) t.add(name, ref, bad);
     print_counts(t);
   }
   print_built([&] {
@@ -207,7 +243,7 @@ Totals inspect_component_folder(const fs::path& dir, const std::string& expected
     adabldm::check(a.has_value(), config_path, ": class \"", cls, "\" is not one this library builds");
     return Built{*a, "config.json", weights};
   });
-  if (list_tensors && weights) print_tensor_list(*weights);
+  if (list_tensors && weights) print_tensor_list(*weights, bad);
   return t;
 }
 
@@ -233,12 +269,12 @@ void inspect_pipeline(const fs::path& dir, bool list_tensors) {
     if (!fs::is_directory(sub))
       std::printf("  folder: missing\n");
     else if (fs::exists(sub / "config.json"))
-      total.add(inspect_component_folder(sub, cls, list_tensors));
+      total.add(inspect_component_folder(sub, cls, list_tensors), it.key() + "/");
     else
       std::printf("  files: %s\n", file_list(sub).c_str());
   }
-  std::printf("total: %lld tensors, %lld parameters\n", static_cast<long long>(total.tensors),
-              static_cast<long long>(total.parameters));
+  std::printf("total: %lld tensors, %lld parameters\nnon-finite values: %s\n", static_cast<long long>(total.tensors),
+              static_cast<long long>(total.parameters), total.non_finite().c_str());
 }
 
 // ---- a config alone ----------------------------------------------------------------------------------------------
@@ -274,7 +310,7 @@ int cmd_inspect(int argc, char** argv) {
                  "usage: adabldm inspect FILE_OR_DIR [--tensors] [--config CONFIG.json]\n"
                  "  FILE_OR_DIR  a single-file checkpoint (.safetensors, PyTorch .ckpt/.pt), a diffusers pipeline\n"
                  "               folder, a component folder, or a config.json alone\n"
-                 "  --tensors    also list every tensor\n"
+                 "  --tensors    also list every tensor: name, dtype, shape, \"finite\" or its NaN and Inf counts\n"
                  "  --config     configs of a single file's components, where shapes cannot tell\n");
     return args.flag("help") ? 0 : 2;
   }
@@ -287,7 +323,8 @@ int cmd_inspect(int argc, char** argv) {
       adabldm::check<adabldm::IoError>(fs::exists(fs::path(path) / "config.json"), path,
                                        ": a folder without model_index.json or config.json is not a model");
       std::printf("folder: %s\nformat: component folder (config.json + weights)\n", path.c_str());
-      inspect_component_folder(path, "", list_tensors);
+      const Totals t = inspect_component_folder(path, "", list_tensors);
+      if (t.tensors > 0) std::printf("non-finite values: %s\n", t.non_finite().c_str());
     }
     return 0;
   }

@@ -22,6 +22,8 @@ inline const char* kUsage =
     "usage: adabldm sample --model PATH --prompt TEXT --steps N --out IMAGE.png [options]\n"
     "  --model PATH            a diffusers pipeline folder or a single-file checkpoint\n"
     "  --config JSON           configs for what tensor shapes cannot tell (see docs/cli.md)\n"
+    "  --allow-non-finite      load weights that hold NaN or Inf values (default: such a checkpoint is refused,\n"
+    "                          naming the file and the tensor; the check costs one pass over the weights)\n"
     "  --trimap-encoder PATH   a ControlNet / trimap encoder (default: the model's own controlnet/, if any)\n"
     "  --prompt TEXT           the prompt\n"
     "  --negative TEXT         the negative prompt (default \"\")\n"
@@ -60,7 +62,7 @@ inline Args sample_args(int argc, char** argv) {
               {"model", "config", "trimap-encoder", "prompt", "negative", "control", "control-context",
                "control-scale", "steps", "guidance", "eta", "seed", "latents-in", "size", "out", "out-tensors",
                "device", "dtype"},
-              {"help", "quiet", "tf32"});
+              {"help", "quiet", "tf32", "allow-non-finite"});
 }
 
 template <class T, class Dev>
@@ -89,7 +91,7 @@ int sample_on(const Args& args) {
   for (const char* file : {"control", "latents-in"})
     if (args.has(file)) check<IoError>(std::filesystem::is_regular_file(args.get(file)), "--", file, " ", args.get(file), ": no such file");
 
-  const models::LoadOptions opt{models::ConfigOverrides::from_file(args.get("config")), ""};
+  const models::LoadOptions opt{models::ConfigOverrides::from_file(args.get("config")), "", args.flag("allow-non-finite")};
   auto sd = models::StableDiffusion::load(args.require("model"), opt);
   std::optional<models::ControlNetModel<float>> own;
   if (args.has("trimap-encoder")) own = models::load_controlnet(models::ModelSource(args.get("trimap-encoder"), opt));

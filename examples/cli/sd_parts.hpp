@@ -23,9 +23,12 @@ namespace fs = std::filesystem;
 inline constexpr const char* kConfigsMetadata = "adabldm_configs";
 
 /// A model source whose user configs come from `config_path` (--config), else, for a safetensors single file,
-/// from its adabldm_configs metadata.
-inline ab::models::ModelSource open_model(const std::string& path, const std::string& config_path) {
+/// from its adabldm_configs metadata. Weights holding NaN or Inf values are refused unless `allow_non_finite`
+/// (--allow-non-finite; inspect, which reports them).
+inline ab::models::ModelSource open_model(const std::string& path, const std::string& config_path,
+                                          bool allow_non_finite = false) {
   ab::models::LoadOptions opt;
+  opt.allow_non_finite = allow_non_finite;
   opt.configs = ab::models::ConfigOverrides::from_file(config_path);
   if (config_path.empty() && fs::is_regular_file(path) &&
       ab::io::detect_checkpoint_format(path) == ab::io::CheckpointFormat::Safetensors) {

@@ -27,6 +27,9 @@ inline const char* kUsage =
     "                     --out FILE [options]\n"
     "  --model PATH            base model (diffusers pipeline folder or single file); frozen\n"
     "  --config JSON           configs for what tensor shapes cannot tell (see docs/cli.md)\n"
+    "  --allow-non-finite      load weights that hold NaN or Inf values (--model, --init, --resume; default: such\n"
+    "                          a checkpoint is refused, naming the file and the tensor; the check costs one pass\n"
+    "                          over the weights)\n"
     "  --init PATH             start from this trimap encoder (default: a copy of the base UNet's encoder with a\n"
     "                          fresh hint block and zero convolutions, as ControlNet's tool_add_control)\n"
     "  --ok DIR, --ng DIR, --masks DIR, --object NAME, --defect NAME   as for generate\n"
@@ -56,7 +59,7 @@ inline Args train_args(int argc, char** argv) {
               {"model", "config", "init", "ok", "ng", "masks", "object", "defect", "prompt-template", "steps", "out",
                "batch", "accum", "lr", "seed", "save-every", "resume", "log", "size", "prompt-dropout", "device", "dtype",
                "min-fit-scale", "export"},
-              {"help", "quiet", "anisotropic", "tf32"});
+              {"help", "quiet", "anisotropic", "tf32", "allow-non-finite"});
 }
 
 template <class Dev>
@@ -106,7 +109,8 @@ int train_on(const Args& args) {
   const bool quiet = args.flag("quiet");
   Progress note(1, quiet);
   note.note("loading " + args.require("model"));
-  const models::LoadOptions opt{models::ConfigOverrides::from_file(args.get("config")), ""};
+  const bool allow_non_finite = args.flag("allow-non-finite");
+  const models::LoadOptions opt{models::ConfigOverrides::from_file(args.get("config")), "", allow_non_finite};
   const auto sd = models::StableDiffusion::load(args.get("model"), opt);
   check(size % sd.vae_scale() == 0, "option --size ", size, ": must be a multiple of ", sd.vae_scale(),
         " (this model's autoencoder downscale)");
@@ -124,7 +128,7 @@ int train_on(const Args& args) {
   auto cn_on_device = nn::convert<float, Dev>(cn);  // (the CPU: the same module)
   defect::TrimapEncoderTrainer<Dev> trainer(sd, cn_on_device, std::move(data), topt);
   if (args.has("resume")) {
-    trainer.resume(args.get("resume"));
+    trainer.resume(args.get("resume"), allow_non_finite);
     note.note("resumed at step " + std::to_string(trainer.step()));
   }
   std::ofstream log;

@@ -174,9 +174,11 @@ class TrimapEncoderTrainer {
         .metadata("seed", std::to_string(opt_.seed));
     w.write(path);
   }
-  /// Continues from a checkpoint written by save(): weights, optimiser state and step.
-  void resume(const std::string& path) {
+  /// Continues from a checkpoint written by save(): weights, optimiser state and step. A checkpoint holding NaN or
+  /// Inf values is refused (io::check_finite) unless `allow_non_finite`.
+  void resume(const std::string& path, bool allow_non_finite = false) {
     const auto file = io::SafeTensors::open(path).state_dict();
+    if (!allow_non_finite) io::check_finite(file);
     const auto it = file.metadata().find("step");
     check<FormatError>(it != file.metadata().end() && file.has_prefix("controlnet."), path,
                        ": not an adabldm training checkpoint (no step / controlnet.* tensors)");

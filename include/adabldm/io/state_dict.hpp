@@ -1,11 +1,14 @@
 #pragma once
 // StateDict: named tensors read from a checkpoint, still in their stored dtype. Every checkpoint reader
 // (safetensors, PyTorch zip) produces one; model loaders convert each tensor to the model's storage type on
-// lookup, so f16/bf16 files load into any storage type and f32 data is not copied.
+// lookup, so f16/bf16 files load into any storage type and f32 data is not copied. count_non_finite /
+// check_finite: the NaN and Inf values of stored weights, counted (inspect) or refused (loaders).
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "adabldm/core/dtype.hpp"
@@ -172,5 +175,119 @@ class StateDict {
   std::map<std::string, TensorRef> tensors_;
   std::map<std::string, std::string> metadata_;
 };
+
+/// How many NaN and infinite values a stored tensor holds (integer and bool tensors: none).
+struct NonFiniteCount {
+  int64_t nan = 0, inf = 0;
+  int64_t total() const noexcept { return nan + inf; }
+  NonFiniteCount& operator+=(const NonFiniteCount& o) noexcept {
+    nan += o.nan;
+    inf += o.inf;
+    return *this;
+  }
+};
+
+namespace detail {
+/// NaN and Inf among n IEEE values of U's width at p (any alignment): with the sign bit cleared, a value above the
+/// all-ones exponent `inf_bits` is a NaN, equal to it an infinity. One max-reduction over the bits (vectorised);
+/// only a range that holds a non-finite value is counted in a second pass.
+template <class U>
+NonFiniteCount count_non_finite_bits(const std::byte* p, int64_t n, U abs_mask, U inf_bits) {
+  U worst = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    U u;
+    std::memcpy(&u, p + i * static_cast<int64_t>(sizeof(U)), sizeof(U));
+    u &= abs_mask;
+    worst = u > worst ? u : worst;
+  }
+  NonFiniteCount c;
+  if (worst < inf_bits) return c;
+  for (int64_t i = 0; i < n; ++i) {
+    U u;
+    std::memcpy(&u, p + i * static_cast<int64_t>(sizeof(U)), sizeof(U));
+    u &= abs_mask;
+    c.nan += u > inf_bits;
+    c.inf += u == inf_bits;
+  }
+  return c;
+}
+
+/// Elements [b, e) of a stored tensor.
+inline NonFiniteCount count_non_finite_range(const TensorRef& ref, int64_t b, int64_t e) {
+  const std::byte* p = ref.data + b * static_cast<int64_t>(dtype_size(ref.dtype));
+  switch (ref.dtype) {
+    case DType::F32: return count_non_finite_bits<uint32_t>(p, e - b, 0x7fffffffu, 0x7f800000u);
+    case DType::F16: return count_non_finite_bits<uint16_t>(p, e - b, 0x7fff, 0x7c00);
+    case DType::BF16: return count_non_finite_bits<uint16_t>(p, e - b, 0x7fff, 0x7f80);
+    case DType::F64:
+      return count_non_finite_bits<uint64_t>(p, e - b, 0x7fffffffffffffffull, 0x7ff0000000000000ull);
+    default: return {};  // integers and bools are always finite
+  }
+}
+
+inline bool is_float_dtype(DType d) noexcept {
+  return d == DType::F32 || d == DType::F16 || d == DType::BF16 || d == DType::F64;
+}
+}  // namespace detail
+
+/// The NaN and Inf values of one stored tensor: one pass over its bytes, in parallel chunks.
+inline NonFiniteCount count_non_finite(const TensorRef& ref) {
+  const int64_t n = ref.data ? ref.shape.numel() : 0;
+  if (n == 0 || !detail::is_float_dtype(ref.dtype)) return {};
+  constexpr int64_t kChunk = int64_t{1} << 16;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<NonFiniteCount> part(static_cast<std::size_t>(chunks));
+  parallel_for(chunks, [&](int64_t c) {
+    part[static_cast<std::size_t>(c)] = detail::count_non_finite_range(ref, c * kChunk, std::min(n, (c + 1) * kChunk));
+  });
+  NonFiniteCount total;
+  for (const auto& c : part) total += c;
+  return total;
+}
+
+/// Every tensor of `sd` that holds NaN or Inf values, in name order, with its counts. One pass over the data: the
+/// tensors are cut into chunks of at most 64 K elements and all chunks of all tensors are scanned in parallel.
+inline std::vector<std::pair<std::string, NonFiniteCount>> non_finite_tensors(const StateDict& sd) {
+  constexpr int64_t kChunk = int64_t{1} << 16;
+  struct Chunk {
+    std::size_t tensor;
+    int64_t begin, end;
+  };
+  std::vector<const std::pair<const std::string, TensorRef>*> tensors;
+  std::vector<Chunk> chunks;
+  for (const auto& entry : sd.tensors()) {
+    const TensorRef& ref = entry.second;
+    const int64_t n = ref.data ? ref.shape.numel() : 0;
+    if (n == 0 || !detail::is_float_dtype(ref.dtype)) continue;
+    for (int64_t b = 0; b < n; b += kChunk) chunks.push_back({tensors.size(), b, std::min(n, b + kChunk)});
+    tensors.push_back(&entry);
+  }
+  std::vector<NonFiniteCount> part(chunks.size());
+  parallel_for(static_cast<int64_t>(chunks.size()), [&](int64_t i) {
+    const Chunk& c = chunks[static_cast<std::size_t>(i)];
+    part[static_cast<std::size_t>(i)] = detail::count_non_finite_range(tensors[c.tensor]->second, c.begin, c.end);
+  });
+  std::vector<NonFiniteCount> per_tensor(tensors.size());
+  for (std::size_t i = 0; i < chunks.size(); ++i) per_tensor[chunks[i].tensor] += part[i];
+  std::vector<std::pair<std::string, NonFiniteCount>> out;
+  for (std::size_t t = 0; t < tensors.size(); ++t)
+    if (per_tensor[t].total() > 0) out.emplace_back(tensors[t]->first, per_tensor[t]);
+  return out;
+}
+
+/// Refuses weights that hold NaN or Inf values (a model loaded from them would spread them into every output):
+/// a FormatError of one line naming the file, the first such tensor (in name order) and its counts, and how many
+/// other tensors have some. Loaders call it on every file they read unless told not to (LoadOptions).
+inline void check_finite(const StateDict& sd) {
+  const auto bad = non_finite_tensors(sd);
+  if (bad.empty()) return;
+  const auto& [name, c] = bad.front();
+  std::string more;
+  if (bad.size() > 1)
+    more = " (" + std::to_string(bad.size() - 1) + " more tensor" + (bad.size() > 2 ? "s have" : " has") + " NaN or Inf)";
+  throw FormatError(sd.source() + ": tensor \"" + name + "\" has " + std::to_string(c.nan) + " NaN and " +
+                    std::to_string(c.inf) + " Inf values" + more +
+                    "; refusing to load it (--allow-non-finite skips this check)");
+}
 
 }  // namespace adabldm::io

@@ -2,7 +2,8 @@
 // Loading models from where users keep them: a diffusers pipeline folder (model_index.json + one folder per
 // component), a single component folder (config.json + weights), or a single-file checkpoint in the original
 // layout (.safetensors or PyTorch .ckpt; the architecture from tensor shapes, or from a user config where shapes
-// cannot tell). Every loader reports missing, unexpected and mis-shaped keys by name.
+// cannot tell). Every loader reports missing, unexpected and mis-shaped keys by name, and refuses weights holding
+// NaN or Inf values (LoadOptions::allow_non_finite turns that off).
 #include <filesystem>
 #include <optional>
 #include <set>
@@ -73,11 +74,20 @@ struct ConfigOverrides {
 struct LoadOptions {
   ConfigOverrides configs;
   std::string variant;  ///< diffusers weight variant, e.g. "fp16" ("" = the plain file, else the fp16 one)
+  /// Load weights that hold NaN or Inf values. Default: every file read is scanned once (io::check_finite) and
+  /// one with a non-finite value is refused, naming the file and the tensor (docs/reliability.md).
+  bool allow_non_finite = false;
 };
 
 /// The weights of a component folder: (sharded) safetensors or a PyTorch .bin, preferring the plain file over
-/// the `variant` one unless the variant is asked for.
-inline io::StateDict read_component_weights(const std::string& dir, const std::string& variant = "") {
+/// the `variant` one unless the variant is asked for. Each file read is refused if it holds NaN or Inf values
+/// (io::check_finite) unless `allow_non_finite`.
+inline io::StateDict read_component_weights(const std::string& dir, const std::string& variant = "",
+                                            bool allow_non_finite = false) {
+  auto checked = [allow_non_finite](io::StateDict sd) {
+    if (!allow_non_finite) io::check_finite(sd);
+    return sd;
+  };
   std::vector<std::string> candidates;
   for (const std::string stem : {"diffusion_pytorch_model", "model"}) {
     if (!variant.empty()) candidates.push_back(stem + "." + variant + ".safetensors");
@@ -86,7 +96,7 @@ inline io::StateDict read_component_weights(const std::string& dir, const std::s
   }
   for (const auto& name : candidates) {
     const fs::path p = fs::path(dir) / name;
-    if (fs::exists(p)) return io::SafeTensors::open(p.string()).state_dict();
+    if (fs::exists(p)) return checked(io::SafeTensors::open(p.string()).state_dict());
     const fs::path index = fs::path(dir) / (name + ".index.json");  // sharded: {"weight_map": {tensor: file}}
     if (fs::exists(index)) {
       const auto j = io::read_json(index.string());
@@ -96,25 +106,29 @@ inline io::StateDict read_component_weights(const std::string& dir, const std::s
       for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it)
         shards.insert(io::json_as<std::string>(it.value(), index.string(), "weight_map." + it.key()));
       for (const auto& shard : shards) {
-        const auto part = io::SafeTensors::open((fs::path(dir) / shard).string()).state_dict();
+        const auto part = checked(io::SafeTensors::open((fs::path(dir) / shard).string()).state_dict());
         for (const auto& [k, ref] : part.tensors()) all.add(k, ref);
       }
       return all;
     }
   }
   for (const std::string bin : {"diffusion_pytorch_model.bin", "pytorch_model.bin"})
-    if (fs::exists(fs::path(dir) / bin)) return io::load_checkpoint((fs::path(dir) / bin).string());
+    if (fs::exists(fs::path(dir) / bin)) return checked(io::load_checkpoint((fs::path(dir) / bin).string()));
   throw IoError(dir + ": no weights found (diffusion_pytorch_model[.fp16].safetensors, model[.fp16].safetensors, "
                       "sharded *.safetensors.index.json or *.bin)");
 }
 
 /// A model source opened once: a folder, or a single file's tensors (so several components can be taken from a
-/// multi-GB checkpoint without reading it twice).
+/// multi-GB checkpoint without reading it twice). Unless `opt.allow_non_finite`, a single file is scanned for NaN
+/// and Inf values here (all its tensors, also those no loader takes), a folder's weights as each component is read.
 class ModelSource {
  public:
   explicit ModelSource(std::string path, LoadOptions opt = {}) : path_(std::move(path)), opt_(std::move(opt)) {
     kind_ = detect_source(path_);
-    if (kind_ == SourceKind::SingleFile) file_ = io::load_checkpoint(path_);
+    if (kind_ == SourceKind::SingleFile) {
+      file_ = io::load_checkpoint(path_);
+      if (!opt_.allow_non_finite) io::check_finite(file_);
+    }
   }
   SourceKind kind() const { return kind_; }
   const std::string& path() const { return path_; }
@@ -134,7 +148,9 @@ class ModelSource {
     const std::string p = (fs::path(component_dir(sub)) / "config.json").string();
     return {io::read_json(p), p};
   }
-  io::StateDict folder_weights(const char* sub) const { return read_component_weights(component_dir(sub), opt_.variant); }
+  io::StateDict folder_weights(const char* sub) const {
+    return read_component_weights(component_dir(sub), opt_.variant, opt_.allow_non_finite);
+  }
   bool has_component(const char* sub) const {
     return kind_ == SourceKind::DiffusersPipeline && fs::is_directory(fs::path(path_) / sub);
   }
