@@ -10,7 +10,11 @@
 # its checkpoint, generate with --resume, evaluate reusing finished detectors). Times per step go to OUT/times.csv.
 #
 # usage: benchmarks/ad_gain.sh ROOT [--types crack,blowhole] [--out DIR] [--model M] [--device cuda] [-n N]
-#                                   [--trimap-steps S] [--detector-steps S] [--seeds 0,1,2] [--adapt-steps S] [--cli PATH]
+#                                   [--trimap-steps S] [--detector-steps S] [--detector-lr LR]
+#                                   [--detector-pos-weight W] [--seeds 0,1,2]
+#                                   [--adapt-steps S] [--cli PATH]
+# The detector's learning rate (3e-3) and BCE positive weight (1) were chosen on held-out training tiles, never on test/
+# (benchmarks/detector_validation.sh; docs/evaluation.md, "Choosing the detector's settings").
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 root="${1:?usage: benchmarks/ad_gain.sh ROOT [options] (see the top of this script)}"
@@ -24,6 +28,8 @@ n=100
 trimap_steps=3000
 trimap_lr=2e-4
 detector_steps=500
+detector_lr=3e-3
+detector_pos_weight=1
 seeds=0,1,2
 adapt=(--no-adapt)
 cli="$here/build/bin/adabldm"
@@ -37,6 +43,8 @@ while [ $# -gt 0 ]; do
     -n) n="$2"; shift 2 ;;
     --trimap-steps) trimap_steps="$2"; shift 2 ;;
     --detector-steps) detector_steps="$2"; shift 2 ;;
+    --detector-lr) detector_lr="$2"; shift 2 ;;
+    --detector-pos-weight) detector_pos_weight="$2"; shift 2 ;;
     --seeds) seeds="$2"; shift 2 ;;
     --adapt-steps) adapt=(--adapt-steps "$2"); shift 2 ;;
     --cli) cli="$2"; shift 2 ;;
@@ -72,6 +80,7 @@ for t in "${type_list[@]}"; do
     --masks "$masks" --object tile --defect "$t" --size "$size" -n "$n" --device "$device" --resume \
     "${adapt[@]}" --contact-sheet --out "$dir/generated" || [ $? -eq 4 ]  # 4: some samples failed (failures.jsonl); evaluate checks the count
   timed "$t" evaluate "$cli" evaluate --data "$root" --defect "$t" --synthetic "$dir/generated" --extra "$n" \
-    --seeds "$seeds" --steps "$detector_steps" --out "$dir"
+    --seeds "$seeds" --steps "$detector_steps" --lr "$detector_lr" \
+    --pos-weight "$detector_pos_weight" --out "$dir"
   cat "$dir/results.md"
 done
