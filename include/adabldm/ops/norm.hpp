@@ -67,7 +67,7 @@ void group_norm_backward(const Tensor<T, Cpu>& dy, const Tensor<T, Cpu>& x, int6
                          bool need_dgamma, bool need_dbeta, Tensor<T, Cpu>& dx, Tensor<T, Cpu>& dgamma,
                          Tensor<T, Cpu>& dbeta) {
   const int64_t N = x.dim(0), C = x.dim(1), spatial = x.numel() / std::max<int64_t>(1, N * C), cpg = C / groups;
-  // dpre (the gradient before the activation, times gamma) is staged in dx's buffer.
+  // dpre (the gradient before the activation) is staged in dx's buffer.
   auto work = Tensor<T, Cpu>::empty(x.shape());
   std::vector<T> sum_dpre(static_cast<std::size_t>(N * C)), sum_dpre_xhat(static_cast<std::size_t>(N * C));
   const T* xp = x.data();
@@ -84,14 +84,13 @@ void group_norm_backward(const Tensor<T, Cpu>& dy, const Tensor<T, Cpu>& x, int6
       const T* xs = xp + off + cc * spatial;
       const T* gs = gp + off + cc * spatial;
       T* ws = wp + off + cc * spatial;
-      // dpre = dy * act'(the pre-activation); sums of dpre and dpre * xhat. ws holds dpre * gamma.
+      // dpre = dy * act'(the pre-activation); sums of dpre and dpre * xhat.
       for (int64_t i = 0; i < spatial; ++i) ws[i] = gs[i] * activation_derivative(act, xs[i] * scale + shift);
       using L = detail::LaneT<T>;
       const L m = static_cast<L>(mean), r = static_cast<L>(rstd);
       double s1 = 0, s2 = 0;
       detail::lane_sums<T>(spatial, [&](int64_t i) { return static_cast<L>(ws[i]); },
                            [&](int64_t i) { return static_cast<L>(ws[i]) * ((static_cast<L>(xs[i]) - m) * r); }, s1, s2);
-      for (int64_t i = 0; i < spatial; ++i) ws[i] *= g;
       sum_dpre[static_cast<std::size_t>(ng / groups * C + c)] = static_cast<T>(s1);
       sum_dpre_xhat[static_cast<std::size_t>(ng / groups * C + c)] = static_cast<T>(s2);
       a += s1 * static_cast<double>(g);
@@ -100,11 +99,15 @@ void group_norm_backward(const Tensor<T, Cpu>& dy, const Tensor<T, Cpu>& x, int6
     if (!need_dx) return;
     // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), as rstd * dxhat - (c0 + c1 * x).
     const double n = static_cast<double>(cpg * spatial), ma = a / n, mb = b / n;
-    const T r = static_cast<T>(rstd), c1 = static_cast<T>(rstd * rstd * mb),
-            c0 = static_cast<T>(rstd * ma - mean * rstd * rstd * mb);
-    T* w = wp + off;
-    const T* xv = xp + off;
-    for (int64_t i = 0; i < cpg * spatial; ++i) w[i] = r * w[i] - (c0 + c1 * xv[i]);
+    // dxhat = dpre * gamma, so per channel: dx = (rstd * gamma) * dpre - (c0 + c1 * x).
+    const T c1 = static_cast<T>(rstd * rstd * mb), c0 = static_cast<T>(rstd * ma - mean * rstd * rstd * mb);
+    for (int64_t cc = 0; cc < cpg; ++cc) {
+      const int64_t c = (ng % groups) * cpg + cc;
+      const T rg = static_cast<T>(rstd) * (gamma.defined() ? gamma.data()[c] : T(1));
+      T* w = wp + off + cc * spatial;
+      const T* xv = xp + off + cc * spatial;
+      for (int64_t i = 0; i < spatial; ++i) w[i] = rg * w[i] - (c0 + c1 * xv[i]);
+    }
   }, grain_for(6 * cpg * spatial));
   if (need_dx) dx = work;
   auto reduce_over_batch = [&](const std::vector<T>& per_nc) {
