@@ -92,6 +92,75 @@ TEST_CASE("JPEG and BMP decode; masks threshold at 127") {
   CHECK(worst <= 6);
 }
 
+namespace {
+// A BMP built field by field: BITMAPINFOHEADER, `bpp` bits per pixel, the given palette (BGRA entries; its
+// offset says where the pixels start) and pixel bytes; height < 0 is top-down.
+std::string make_bmp(int width, int height, int bpp, const std::vector<uint8_t>& palette, const std::string& pixels,
+                     unsigned colors_used = 0, int offset_adjust = 0) {
+  std::string b;
+  auto u16 = [&](unsigned v) { b += char(v & 255); b += char(v >> 8); };
+  auto u32 = [&](unsigned v) { u16(v & 0xffff); u16(v >> 16); };
+  const unsigned offset = 54 + static_cast<unsigned>(palette.size()) + offset_adjust;
+  b += "BM"; u32(offset + static_cast<unsigned>(pixels.size())); u32(0); u32(offset);
+  u32(40); u32(static_cast<unsigned>(width)); u32(static_cast<unsigned>(height)); u16(1); u16(bpp); u32(0);
+  u32(static_cast<unsigned>(pixels.size())); u32(2835); u32(2835); u32(colors_used); u32(0);
+  for (uint8_t v : palette) b += char(v);
+  return b + pixels;
+}
+Image decode_bmp_bytes(const std::string& bytes) {
+  return decode_image_u8(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), "test.bmp");
+}
+}  // namespace
+
+TEST_CASE("palette BMPs decode exactly, and an index outside the palette or a cut-off file is an error") {
+  // 1 bit: 10 x 2, bottom-up; palette 0 = blue (0, 0, 255), 1 = white. Row bytes padded to 4.
+  const std::vector<uint8_t> pal1{255, 0, 0, 0, 255, 255, 255, 0};
+  const std::string rows1 = std::string("\xA0\x40\0\0", 4) + std::string("\x01\x80\0\0", 4);  // bottom row first
+  const Image a = decode_bmp_bytes(make_bmp(10, 2, 1, pal1, rows1));
+  REQUIRE(a.width == 10);
+  REQUIRE(a.height == 2);
+  REQUIRE(a.channels == 3);
+  auto white = [](const Image& im, int y, int x) { return im.at(y, x, 0) == 255 && im.at(y, x, 2) == 255; };
+  // top row = the second stored row, 0x01 0x80: pixels 7 and 8 are white
+  for (int x = 0; x < 10; ++x) CHECK(white(a, 0, x) == (x == 7 || x == 8));
+  // bottom row = 0xA0 0x40: pixels 0, 2 and 9 are white
+  for (int x = 0; x < 10; ++x) CHECK(white(a, 1, x) == (x == 0 || x == 2 || x == 9));
+  CHECK(a.at(0, 0, 0) == 0);  // blue is stored B, G, R = 255, 0, 0
+  CHECK(a.at(0, 0, 2) == 255);
+
+  // 4 bits, 3 x 1 top-down, a 3-colour palette (colors_used = 3): indices 2, 1, 0, then index 3 is refused.
+  const std::vector<uint8_t> pal4{10, 10, 10, 0, 20, 20, 20, 0, 30, 30, 30, 0};
+  const Image g = decode_bmp_bytes(make_bmp(3, -1, 4, pal4, std::string("\x21\x00\0\0", 4), 3));
+  CHECK(g.pixels == std::vector<uint8_t>{30, 30, 30, 20, 20, 20, 10, 10, 10});
+  CHECK_THROWS_WITH_AS(decode_bmp_bytes(make_bmp(3, -1, 4, pal4, std::string("\x23\x00\0\0", 4), 3)),
+                       doctest::Contains("pixel index 3 is outside its 3-colour palette"), IoError);
+  // 8 bits with a 2-entry palette: index 2 would read a palette entry the file never held (fuzz finding 10).
+  CHECK_THROWS_WITH_AS(decode_bmp_bytes(make_bmp(4, 1, 8, {0, 0, 0, 0, 9, 9, 9, 0}, std::string("\x00\x01\x02\x00", 4))),
+                       doctest::Contains("outside its 2-colour palette"), IoError);
+  // No room for a palette between the header and the pixels.
+  CHECK_THROWS_WITH_AS(decode_bmp_bytes(make_bmp(4, 1, 8, {}, std::string(4, '\0'))), doctest::Contains("has no palette"), IoError);
+  // The pixel offset pointing into the header, as in the fuzzed file.
+  CHECK_THROWS_WITH_AS(decode_bmp_bytes(make_bmp(4, 1, 8, {}, std::string(4, '\0'), 0, -12)),
+                       doctest::Contains("does not lie within"), IoError);
+  // Cut off: 10 x 2 at 1 bit needs 4 + 2 bytes; 5 are there. And a 24-bit image missing its last byte.
+  CHECK_THROWS_WITH_AS(decode_bmp_bytes(make_bmp(10, 2, 1, pal1, rows1.substr(0, 5))), doctest::Contains("does not lie within"), IoError);
+  CHECK_THROWS_WITH_AS(decode_bmp_bytes(make_bmp(2, 1, 24, {}, std::string(5, '\x7f'))), doctest::Contains("does not lie within"), IoError);
+  CHECK(decode_bmp_bytes(make_bmp(2, 1, 24, {}, std::string(6, '\x7f'))).pixels == std::vector<uint8_t>(6, 0x7f));
+  // The fuzzed file itself (pixels starting inside its header, a compression field of 0xFFFFFF00): an error.
+  const std::string f = std::string(ADABLDM_TEST_DATA) + "/fuzz-regressions/image/bmp-1bpp-palette-inside-header.bmp";
+  CHECK_THROWS_WITH_AS(read_image_u8(f, 1), doctest::Contains("cannot decode image (BMP"), IoError);
+  // Header fields: planes, bits per pixel, RLE.
+  std::string bad = make_bmp(2, 1, 24, {}, std::string(8, '\0'));
+  bad[26] = 2;
+  CHECK_THROWS_WITH_AS(decode_bmp_bytes(bad), doctest::Contains("2 planes"), IoError);
+  bad = make_bmp(2, 1, 24, {}, std::string(8, '\0'));
+  bad[28] = 7;
+  CHECK_THROWS_WITH_AS(decode_bmp_bytes(bad), doctest::Contains("7 bits per pixel"), IoError);
+  bad = make_bmp(2, 1, 8, {0, 0, 0, 0}, std::string(4, '\0'));
+  bad[30] = 1;
+  CHECK_THROWS_WITH_AS(decode_bmp_bytes(bad), doctest::Contains("run-length"), IoError);
+}
+
 TEST_CASE("unreadable images give an IoError naming the file") {
   const std::string p = tmp_path("garbage.png");
   std::ofstream(p, std::ios::binary) << "this is not an image";

@@ -4,7 +4,8 @@
 // other machines), so:
 //  - PNG is decoded by libpng and JPEG by libjpeg-turbo when the build found them (ADABLDM_HAVE_LIBPNG,
 //    ADABLDM_HAVE_LIBJPEG, set by the CMake package), both fuzzed continuously upstream; stb_image is the
-//    fallback for a format whose library is absent, and decodes BMP;
+//    fallback for a format whose library is absent, and decodes 16/24/32-bit BMP after image_bmp.hpp has checked
+//    the header (palette BMPs are decoded there, with every index checked against the palette);
 //  - the claimed size is checked against kMaxImagePixels (image_codec.hpp) before anything is allocated;
 //  - a decoded image has width, height and channels > 0 and exactly that many bytes, all written by the decoder;
 //    a truncated or corrupt file is an IoError naming the file, never garbage pixels.
@@ -34,6 +35,8 @@
 #define ADABLDM_IMAGE_LIBJPEG 1
 #include "adabldm/io/image_jpeg.hpp"
 #endif
+
+#include "adabldm/io/image_bmp.hpp"
 
 #ifndef ADABLDM_STB_EXTERNAL
 #if defined(__GNUC__)
@@ -73,7 +76,7 @@ inline bool has_prefix(const uint8_t* data, std::size_t size, const char* magic,
   return size >= n && std::memcmp(data, magic, n) == 0;
 }
 
-/// stb_image (the fallback, and BMP). stb cannot tell a file cut off near its end from a whole one (it fills a
+/// stb_image (the fallback, and BMP once checked). stb cannot tell a file cut off near its end from a whole one (it fills a
 /// JPEG's missing entropy data, and ignores IEND), so a JPEG must end with its EOI marker (FF D9) within the last
 /// 32 bytes and a PNG with its IEND chunk.
 inline std::string decode_stb(const uint8_t* data, std::size_t size, Image& out, int channels) {
@@ -108,6 +111,11 @@ inline std::string decode_image(const uint8_t* data, std::size_t size, Image& ou
 #ifdef ADABLDM_IMAGE_LIBJPEG
   if (has_prefix(data, size, "\xFF\xD8\xFF", 3)) return decode_jpeg(data, size, out, channels == 1);
 #endif
+  if (is_bmp(data, size)) {  // checked (and palette images decoded) before stb sees it: image_bmp.hpp
+    bool decoded = false;
+    std::string why = decode_bmp(data, size, out, decoded);
+    if (!why.empty() || decoded) return why;
+  }
   return decode_stb(data, size, out, channels);
 }
 }  // namespace io::detail
