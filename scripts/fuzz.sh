@@ -7,7 +7,8 @@
 # Each harness keeps its corpus in $build/corpus/<name> (seeded by fuzz/make_seeds.py from tests/data, and the
 # regression corpus tests/data/fuzz-regressions/<name>), so a later run continues where this one stopped. A
 # finding is written to $build/findings/<name>/ and stops that harness; the script exits non-zero. Add the input
-# to tests/data/fuzz-regressions/<name>/ once it is fixed. Summary per harness: $build/fuzz-summary.txt.
+# to tests/data/fuzz-regressions/<name>/ once it is fixed. Summary per harness: $build/fuzz-summary.txt (this run)
+# and $build/fuzz-history.txt (every run, with its date and commit: the totals per harness add up from it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
@@ -37,6 +38,7 @@ for h in "${harnesses[@]}"; do
   runs=()
   [ -n "${ADABLDM_FUZZ_RUNS:-}" ] && runs=(-runs="$ADABLDM_FUZZ_RUNS")
   echo "=== fuzz_$h: ${seconds} s"
+  start=$(date +%s)
   # -timeout: one input may take at most 10 s; -rss_limit_mb: 2 GB of memory; -max_len: inputs up to 64 KB.
   if nice -n 15 "$build/bin/fuzz_$h" "$build/corpus/$h" "tests/data/fuzz-regressions/$h" -dict="fuzz/$h.dict" \
        -max_total_time="$seconds" "${runs[@]}" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
@@ -44,8 +46,9 @@ for h in "${harnesses[@]}"; do
   execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo "?")
   cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1 || echo "cov: ?")
   corpus=$(ls "$build/corpus/$h" | wc -l)
-  line="$h: $result, $execs executions in ${seconds} s, $cov, corpus $corpus files"
+  line="$h: $result, $execs executions in $(( $(date +%s) - start )) s, $cov, corpus $corpus files"
   echo "$line" | tee -a "$summary"
+  echo "$(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null || echo '?') $line" >> "$build/fuzz-history.txt"
   [ "$result" = ok ] || tail -40 "$log"
 done
 exit $status

@@ -84,6 +84,43 @@ TEST_CASE("KL decoder adaptation: loss falls, original decoder untouched, zero s
   CHECK_THROWS_AS(defect::adapt_decoder(vae, latent, ok, Tensor<float>::zeros({1, 1, 8, 8}), opt), ShapeError);
 }
 
+TEST_CASE("KL decoder adaptation of the last blocks only: same start, loss falls, the rest frozen") {
+  auto [vae, ok, latent, mask] = kl_adaptation_case();
+  const auto before = vae.decode_scaled(latent);
+  const int blocks = static_cast<int>(vae.decoder.up_blocks.size());
+  REQUIRE(blocks >= 2);
+  defect::AdaptationOptions opt;
+  opt.steps = 15;
+  opt.lr = 1e-3;
+  const auto whole = defect::adapt_decoder(vae, latent, ok, mask, opt);
+  for (int k : {1, blocks}) {
+    CAPTURE(k);
+    opt.last_blocks = k;
+    const auto tail = defect::adapt_decoder(vae, latent, ok, mask, opt);
+    REQUIRE(tail.losses.size() == 15);
+    // The same decoder before the first step: the same loss and the same unadapted image.
+    CHECK(tail.losses.front() == doctest::Approx(whole.losses.front()).epsilon(1e-6));
+    GOLDEN_CHECK("tail: unadapted = plain decode", tail.unadapted, before);
+    CHECK(tail.losses.back() < 0.8 * tail.losses.front());
+    // Fewer weights move, so it is another result than the whole decoder's (and the original is untouched).
+    CHECK(tail.image.to_vector() != whole.image.to_vector());
+    CHECK(vae.decode_scaled(latent).to_vector() == before.to_vector());
+  }
+  for (int bad : {-1, blocks + 1}) {
+    opt.last_blocks = bad;
+    CHECK_THROWS_WITH_AS(defect::adapt_decoder(vae, latent, ok, mask, opt), doctest::Contains("last_blocks"), Error);
+  }
+  // The tail in float on a double master follows the all-double tail adaptation to float precision.
+  opt.last_blocks = 1;
+  opt.steps = 5;
+  auto vae_d = nn::convert<double, Cpu>(vae);
+  const auto wide = defect::adapt_decoder(vae_d, latent, ok, mask, opt);
+  const auto mixed = defect::adapt_decoder<float>(vae_d, latent, ok, mask, opt);
+  for (std::size_t i = 0; i < wide.losses.size(); ++i)
+    CHECK(mixed.losses[i] == doctest::Approx(wide.losses[i]).epsilon(1e-4));
+  GOLDEN_CHECK("tail, mixed vs double: adapted", mixed.image, wide.image);
+}
+
 TEST_CASE("mixed-precision adaptation: compute copy in a narrower type, master weights and AdamW in the wider one") {
   // On a GPU the compute type is bfloat16 and the master float; on the CPU the same code runs with a double
   // master and a float compute copy, which must follow the all-double adaptation to float precision and differ

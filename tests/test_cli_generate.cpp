@@ -101,6 +101,8 @@ TEST_CASE("generate: shards equal the single run byte for byte; resume skips fin
   CHECK(first["prompt"] == "a tile with a blowhole");
   CHECK(first["adapted"] == true);
   CHECK(first["adapt_steps"] == 2);
+  CHECK(first["adapt_lr"] == 1e-4);
+  CHECK(first["adapt_last_blocks"] == 0);
   // --contact-sheet: OK | generated | mask per sample, the 64 px cells enlarged to 128 (examples/cli/contact_sheet.hpp).
   r = cli(gen_args(sharded) + " -n 2 --contact-sheet --resume");
   REQUIRE_MESSAGE(r.code == 0, r.err);
@@ -500,6 +502,8 @@ TEST_CASE("generate / train / sample: every bad option or input is one line, exi
       {g + " --steps 1", "--steps 1: must be in [2, 1000]"},
       {g + " --steps 2.5", "--steps: \"2.5\" is not an integer"},
       {g + " --adapt-steps -3", "--adapt-steps -3: must be in [0, 100000]"},
+      {g + " --adapt-lr -1", "--adapt-lr -1: must be in [0, 1]"},
+      {g + " --adapt-last-blocks 9", "--adapt-last-blocks 9: this model's decoder has "},
       {g + " --seed -1", "--seed -1: must be in [0, "},
       {g + " --min-fit-scale 0", "--min-fit-scale 0: must be in [0.01, 1]"},
       {g + " -n 0", "-n 0: must be in [1, "},

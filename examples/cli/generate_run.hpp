@@ -70,6 +70,9 @@ inline const char* kUsage =
     "                          by U[0, 360) and scale by U[0.85, 1.15] (the paper)\n"
     "  --no-adapt              decode with the plain decoder\n"
     "  --adapt-steps N         online decoder adaptation steps (default 200)\n"
+    "  --adapt-lr LR           its AdamW learning rate (default 1e-4)\n"
+    "  --adapt-last-blocks K   adapt only the decoder's last K up blocks and output layers (default 0: all of it);\n"
+    "                          cheaper steps, see docs/performance.md for what each choice costs and keeps\n"
     "  --resume                skip samples already written completely (failed ones are retried)\n"
     "  --device cpu|cuda       where the networks run (default cpu; cuda needs a build with the CUDA backend)\n"
     "  --dtype f32|f16         storage of the UNet and trimap encoder (cpu: f32; cuda: default f16); the VAE\n"
@@ -118,6 +121,7 @@ inline Args generate_args(int argc, char** argv) {
   return Args(argc, argv, 2,
               {"model", "trimap-encoder", "config", "ok", "ng", "masks", "object", "defect", "prompt-template", "n",
                "out", "seed", "shard", "preset", "steps", "guidance", "size", "foreground", "adapt-steps", "device",
+               "adapt-lr", "adapt-last-blocks",
                "dtype", "adapt-dtype", "min-fit-scale", "contact-rows", "control-scale", "foreground-recipe"},
               {"help", "no-adapt", "resume", "quiet", "translate-only", "tf32", "contact-sheet", "allow-non-finite"});
 }
@@ -198,6 +202,8 @@ inline GenerateSettings generate_settings(const Args& args) {
   o.adapt = !args.flag("no-adapt");
   o.adapt_in_bf16 = adapt_dtype == "bf16";
   o.adaptation.steps = static_cast<int>(args.integer_in("adapt-steps", 200, 0, 100000));
+  o.adaptation.lr = args.number_in("adapt-lr", 1e-4, 0.0, 1.0);
+  o.adaptation.last_blocks = static_cast<int>(args.integer_in("adapt-last-blocks", 0, 0, 64));
   g.object = args.require_nonempty("object");
   g.defect = args.require_nonempty("defect");
   g.out = args.require_nonempty("out");
@@ -248,6 +254,9 @@ int generate_on(const Args& args) {
   o = g.pipeline;
   check(o.size % pipe.vae().downscale() == 0, "option --size ", o.size, ": must be a multiple of ",
         pipe.vae().downscale(), " (this model's autoencoder downscale)");
+  const std::size_t up_blocks = pipe.vae().decoder.up_blocks.size();
+  check(static_cast<std::size_t>(o.adaptation.last_blocks) <= up_blocks, "option --adapt-last-blocks ",
+        o.adaptation.last_blocks, ": this model's decoder has ", up_blocks, " up blocks");
 
   // Foreground per OK image.
   std::vector<Tensor<float>> foregrounds(ok_files.size());
@@ -355,6 +364,8 @@ int generate_on(const Args& args) {
                            {"foreground", fg_mode},
                            {"adapted", sample.adapted},
                            {"adapt_steps", sample.adapted ? o.adaptation.steps : 0},
+                           {"adapt_lr", o.adaptation.lr},
+                           {"adapt_last_blocks", o.adaptation.last_blocks},
                            {"change", change_metrics(pipe.prepare_image(job_ok), sample.image, sample.mask)},
                            {"timings", sample.timings}};
     if (fg_mode != "all") {

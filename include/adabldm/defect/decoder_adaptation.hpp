@@ -5,6 +5,10 @@
 //   L(D) = mean[(M (D0(z) - D(z)))^2] + lambda * mean[((1 - M)(x_ok - D(z)))^2]
 // with both means over all B x 3 x H x W elements (masked-out zeros count, as F.mse_loss does), M the undilated
 // defect mask (1 = defect), AdamW (lr 1e-4, weight decay 0.01), post_quant_conv frozen.
+//
+// Its cost is the user's choice (docs/performance.md, "Decoder adaptation: cost and quality"): fewer steps with a
+// larger learning rate, and `last_blocks`, which adapts only the decoder's last up blocks and output layers. The
+// frozen part then runs once, and each step runs the forward and backward of the trainable tail alone.
 #include <functional>
 #include <string>
 #include <type_traits>
@@ -21,6 +25,9 @@ struct AdaptationOptions {
   double lr = 1e-4;
   double lambda = 100.0;  ///< weight of the background term (preservation_ratio)
   double weight_decay = 0.01;
+  /// 0: the whole decoder adapts (the paper). k > 0 (KL decoders): only the last k up blocks and the output norm
+  /// and convolution adapt; conv_in, the mid block and the other up blocks are frozen and run once.
+  int last_blocks = 0;
   /// Read the loss after every step (AdaptationResult::losses, on_step's value). On a device each read waits
   /// for the GPU, which then idles while the next step is enqueued; off, the values are NaN and losses is empty.
   bool record_losses = true;
@@ -127,8 +134,39 @@ template <class Decoder, class T, class Dev>
 AdaptationResult adapt_decoder_module(const Decoder& decoder0, const Tensor<T, Dev>& h, const Tensor<float>& ok_image,
                                       const Tensor<float>& defect_mask, const AdaptationOptions& opt = {},
                                       const std::function<void(int, int, double)>& on_step = {}) {
+  check(opt.last_blocks == 0, "decoder adaptation: last_blocks is for KL decoders (adapt_decoder); this one adapts whole");
   return detail::adapt<T>(decoder0, detail::NoComputeCopy{}, h, ok_image, defect_mask, opt, on_step);
 }
+
+/// The trainable end of a KL decoder: its last up blocks and output layers (AdaptationOptions::last_blocks). The
+/// blocks are copies that share the decoder's buffers, as any module copy does.
+template <class T, class Dev>
+struct VaeDecoderTail {
+  std::vector<models::VaeUpBlock<T, Dev>> up_blocks;
+  nn::GroupNorm<T, Dev> conv_norm_out;
+  nn::Conv2d<T, Dev> conv_out;
+
+  /// The tail of `decoder` from up block `first` on.
+  VaeDecoderTail(const models::VaeDecoder<T, Dev>& decoder, std::size_t first)
+      : up_blocks(decoder.up_blocks.begin() + static_cast<std::ptrdiff_t>(first), decoder.up_blocks.end()),
+        conv_norm_out(decoder.conv_norm_out), conv_out(decoder.conv_out) {}
+  /// What the frozen head makes of h: conv_in, the mid block and up blocks [0, first).
+  static Tensor<T, Dev> head(const models::VaeDecoder<T, Dev>& decoder, std::size_t first, const Tensor<T, Dev>& h) {
+    auto x = decoder.mid_block(decoder.conv_in(h));
+    for (std::size_t i = 0; i < first; ++i) x = decoder.up_blocks[i](x);
+    return x;
+  }
+  Tensor<T, Dev> operator()(Tensor<T, Dev> x) const {
+    for (const auto& b : up_blocks) x = b(x);
+    return conv_out(conv_norm_out(x, ops::Activation::SiLU));
+  }
+  template <class F>
+  void visit(const std::string& p, F&& f) {
+    nn::visit_list(up_blocks, p + "up_blocks.", f);
+    conv_norm_out.visit(p + "conv_norm_out.", f);
+    conv_out.visit(p + "conv_out.", f);
+  }
+};
 
 /// The KL autoencoder's decoder (any storage type and device) on a UNet-scale host latent [1, C, h, w]:
 /// post_quant_conv stays frozen (applied once), the decoder adapts. ok_image [1, 3, H, W] in [-1, 1].
@@ -142,9 +180,23 @@ AdaptationResult adapt_decoder(const models::AutoencoderKL<T, Dev>& vae, const T
                                const AdaptationOptions& opt = {},
                                const std::function<void(int, int, double)>& on_step = {}) {
   using Compute = std::conditional_t<std::is_void_v<C>, T, C>;
+  const std::size_t blocks = vae.decoder.up_blocks.size();
+  check(opt.last_blocks >= 0 && static_cast<std::size_t>(opt.last_blocks) <= blocks, "decoder adaptation: last_blocks ",
+        opt.last_blocks, " must be in [0, ", blocks, "] (0 = the whole decoder; this decoder has ", blocks, " up blocks)");
   const float scaling = static_cast<float>(vae.config.scaling_factor), shift = static_cast<float>(vae.config.shift_factor);
   const auto z = upload_as<T, Dev>(ops::affine(latent, 1.0f / scaling, shift));
   const auto h = vae.config.use_post_quant_conv ? vae.post_quant_conv(z) : z;
+  if (opt.last_blocks > 0) {
+    const std::size_t first = blocks - static_cast<std::size_t>(opt.last_blocks);
+    const VaeDecoderTail<T, Dev> tail(vae.decoder, first);
+    const auto x = VaeDecoderTail<T, Dev>::head(vae.decoder, first, h);
+    if constexpr (std::is_same_v<Compute, T>) {
+      return detail::adapt<T>(tail, detail::NoComputeCopy{}, x, ok_image, defect_mask, opt, on_step);
+    } else {
+      return detail::adapt<Compute>(tail, VaeDecoderTail<Compute, Dev>(models::VaeDecoder<Compute, Dev>(vae.config.layout), first),
+                                    x, ok_image, defect_mask, opt, on_step);
+    }
+  }
   if constexpr (std::is_same_v<Compute, T>) {
     return detail::adapt<T>(vae.decoder, detail::NoComputeCopy{}, h, ok_image, defect_mask, opt, on_step);
   } else {
