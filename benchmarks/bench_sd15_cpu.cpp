@@ -5,12 +5,14 @@
 // component's), timed as ../shared/peer-bench/peer_torch_bench.py times PyTorch: one warm-up call, then --reps
 // calls, the median; prints one line `RESULT {json}` in that script's format:
 //   bench_sd15_cpu --component unet|vae_dec|vae_enc|clip|adapt|gemm [--res 32] [--batch 1] [--reps 3]
-//                  [--threads N] [--tiny]
+//                  [--threads N] [--tiny] [--last-blocks K]
 //   unet     UNet step on [batch, 4, res, res] with a [batch, 77, 768] context (CFG's batch 2 is --batch 2)
 //   vae_dec  vae.decode of [batch, 4, res, res]; vae_enc: vae.encode(...).mean of [batch, 3, 8 res, 8 res]
 //   clip     CLIP-L text encoder on [batch, 77] token ids
 //   adapt    one decoder-adaptation iteration: decoder forward on a [1, 4, res, res] latent, MSE against an image,
-//            backward, AdamW step on every decoder weight (defect::adapt_decoder's inner step, plain MSE)
+//            backward, AdamW step on every decoder weight (defect::adapt_decoder's inner step, plain MSE);
+//            --last-blocks K: only the last K up blocks and the output layers train (AdaptationOptions::last_blocks;
+//            the frozen rest runs once, outside the timed step)
 //   gemm     ops::gemm 1024^3 (bench_ops' BM_Matmul/1024): the GEMM's GFLOP/s against the FMA peak
 // --tiny swaps in small models of the same architectures (and a 64^3 GEMM): a smoke run for CI, never timed.
 #include <algorithm>
@@ -59,6 +61,7 @@ struct ComponentArgs {
   int64_t res = 32, batch = 1;  // latent side (image side 8 x res) and batch
   int reps = 3;
   bool tiny = false;
+  int last_blocks = 0;  // adapt: 0 = the whole decoder trains
 };
 
 /// The SD1.5 VAE layout (or a small one of the same architecture with --tiny).
@@ -163,16 +166,31 @@ int component_main(const ComponentArgs& a) {
     randomise(decoder, 2);
     const int64_t f = vc.layout.downscale();
     const auto h = rng.normal({1, 4, s, s}), target = rng.uniform({1, 3, s * f, s * f}, -1.0, 1.0);
-    autograd::track(decoder);
-    autograd::AdamW<float> optimiser(decoder, {1e-4, 0.9, 0.999, 1e-8, 0.01});
-    run_component(a, parameter_count(decoder), built(), [&] {
-      {
-        autograd::TrainingScope scope;
-        autograd::backward(autograd::mse(decoder(h), target));
-      }
-      optimiser.step();
-      optimiser.zero_grad();
-    });
+    const auto time_steps = [&](auto& net, const Tensor<float>& input) {
+      autograd::track(net);
+      autograd::AdamW<float> optimiser(net, {1e-4, 0.9, 0.999, 1e-8, 0.01});
+      run_component(a, parameter_count(net), built(), [&] {
+        {
+          autograd::TrainingScope scope;
+          autograd::backward(autograd::mse(net(input), target));
+        }
+        optimiser.step();
+        optimiser.zero_grad();
+      });
+    };
+    const auto blocks = decoder.up_blocks.size();
+    if (a.last_blocks < 0 || static_cast<std::size_t>(a.last_blocks) > blocks) {
+      std::fprintf(stderr, "bench_sd15_cpu: --last-blocks must be in [0, %zu]\n", blocks);
+      std::exit(2);
+    }
+    if (a.last_blocks > 0) {
+      const std::size_t first = blocks - static_cast<std::size_t>(a.last_blocks);
+      defect::VaeDecoderTail<float, Cpu> tail(decoder, first);
+      const auto x = defect::VaeDecoderTail<float, Cpu>::head(decoder, first, h);
+      time_steps(tail, x);
+    } else {
+      time_steps(decoder, h);
+    }
   } else if (a.component == "gemm") {
     // bench_ops' BM_Matmul: C = A B, n x n x n (its RESULT's latent / image fields mean nothing). One product
     // takes milliseconds: 20 timed products per --reps.
@@ -276,6 +294,7 @@ int main(int argc, char** argv) {
     else if (arg == "--reps") a.reps = std::atoi(value());
     else if (arg == "--threads") set_num_threads(std::max(1, std::atoi(value())));
     else if (arg == "--tiny") a.tiny = true;
+    else if (arg == "--last-blocks") a.last_blocks = std::atoi(value());
     else {
       std::fprintf(stderr, "bench_sd15_cpu: unknown argument %s (see the comment at the top of bench_sd15_cpu.cpp)\n",
                    arg.c_str());

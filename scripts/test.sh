@@ -33,6 +33,7 @@ step "benchmark smoke run: our side of benchmarks/compare_pytorch.sh on small mo
 for c in unet vae_dec vae_enc clip adapt gemm; do
   build/bin/bench_sd15_cpu --component "$c" --tiny --res 8 --reps 1 --threads 2 | cut -c1-150
 done
+build/bin/bench_sd15_cpu --component adapt --last-blocks 1 --tiny --res 8 --reps 1 --threads 2 | cut -c1-150
 bash -n benchmarks/compare_pytorch.sh
 python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read())' benchmarks/peer_adapt_bench.py
 
