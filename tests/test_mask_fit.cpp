@@ -269,3 +269,88 @@ TEST_CASE("the draws of issue 11's two commands, seeds 0..50: every generate sam
   }
   MESSAGE("seeds 0..50: 204 generate placements (", redrawn, " redrawn, ", shrunk, " shrunk) and 1020 training examples");
 }
+
+TEST_CASE("keep_edges: a defect touching its image's border is placed flush with a border; others as before") {
+  // The side bookkeeping agrees with the warp: a quarter turn of the whole canvas moves the touched sides.
+  auto left = Plane::zeros({1, 1, 32, 32});
+  for (int y = 10; y < 20; ++y)
+    for (int x = 0; x < 6; ++x) left.data()[y * 32 + x] = 1.0f;
+  REQUIRE(defect::detail::touched_sides(left) == defect::detail::kLeft);
+  for (double a : {0.0, 90.0, 180.0, 270.0})
+    CHECK(defect::detail::touched_sides(rotate_bound(left, a)) == defect::detail::turn_sides(defect::detail::kLeft, a));
+  CHECK(defect::detail::turn_sides(defect::detail::kTop, 90.0) == defect::detail::kLeft);
+  CHECK(defect::detail::turn_sides(defect::detail::kTop | defect::detail::kBottom, 0.0) == defect::detail::kTop);  // spans the image: kept at the top
+
+  SynthesisOptions edge;
+  edge.keep_edges = true;
+  const auto fg = all_foreground(48, 48);
+  auto flush_with_named_sides = [](const SynthesizedMask& s) {
+    const unsigned touched = defect::detail::touched_sides(s.mask);
+    bool ok = !s.placement.edge.empty();
+    for (auto [bit, name] : {std::pair<unsigned, const char*>{defect::detail::kTop, "top"}, {defect::detail::kRight, "right"},
+                             {defect::detail::kBottom, "bottom"}, {defect::detail::kLeft, "left"}})
+      if (s.placement.edge.find(name) != std::string::npos) ok = ok && (touched & bit);
+    return ok;
+  };
+  int free_at_border = 0;
+  for (int i = 0; i < 100; ++i) {
+    Rng a(derive_seed(3, static_cast<uint64_t>(i))), b(derive_seed(3, static_cast<uint64_t>(i)));
+    const auto e = synthesize_mask(std::vector<Plane>{left}, fg, a, edge);
+    CHECK(flush_with_named_sides(e));
+    CHECK(std::fmod(e.placement.angle_deg, 90.0) == 0.0);
+    free_at_border += defect::detail::touched_sides(synthesize_mask(std::vector<Plane>{left}, fg, b).mask) != 0;
+  }
+  CHECK(free_at_border < 50);  // without the option most placements move the defect inward
+
+  // A foreground that keeps off the image's border: no position is flush with it, so the defect is placed freely.
+  auto inner = Plane::zeros({1, 1, 48, 48});
+  for (int y = 4; y < 44; ++y)
+    for (int x = 4; x < 44; ++x) inner.data()[y * 48 + x] = 1.0f;
+  for (int i = 0; i < 10; ++i) {
+    Rng rng(derive_seed(4, static_cast<uint64_t>(i)));
+    const auto s = synthesize_mask(std::vector<Plane>{left}, inner, rng, edge);
+    CHECK(s.placement.edge.empty());
+    int64_t off = 0;
+    for (int64_t j = 0; j < s.mask.numel(); ++j) off += s.mask.data()[j] >= 0.5f && inner.data()[j] < 0.5f;
+    CHECK(off == 0);
+    CHECK(count(s.mask) > 0);
+  }
+
+  // A defect inside its image: the option changes nothing, draw for draw.
+  auto middle = Plane::zeros({1, 1, 32, 32});
+  for (int y = 12; y < 18; ++y)
+    for (int x = 10; x < 22; ++x) middle.data()[y * 32 + x] = 1.0f;
+  for (int i = 0; i < 10; ++i) {
+    Rng a(derive_seed(6, static_cast<uint64_t>(i))), b(derive_seed(6, static_cast<uint64_t>(i)));
+    const auto e = synthesize_mask(std::vector<Plane>{middle}, fg, a, edge), f = synthesize_mask(std::vector<Plane>{middle}, fg, b);
+    CHECK(e.mask.to_vector() == f.mask.to_vector());
+    CHECK(e.placement.edge.empty());
+  }
+
+  // Real masks of tests/data that touch their image's border, and training pairs made with them, at 64 and 256 px.
+  int edge_masks = 0;
+  for (const char* sub : {"magnetic-tile/masks", "magnetic-tile-cracks/masks", "long-masks"}) {
+    for (const auto& entry : fs::directory_iterator(std::string(ADABLDM_TEST_DATA) + "/" + sub)) {
+      if (entry.path().extension() != ".png") continue;
+      const std::string name = entry.path().filename().string();
+      for (int size : {64, 256}) {
+        const auto mask = resize_mask(read_mask(entry.path().string()), size, size);
+        if (defect::detail::touched_sides(mask) == 0) continue;
+        ++edge_masks;
+        Rng pixels(1);
+        const auto ng = pixels.uniform({1, 3, size, size}, -1.0, 1.0);
+        const auto ok = Plane::full({1, 3, size, size}, 0.25f);
+        for (int i = 0; i < 10; ++i) {
+          Rng rng(derive_seed(7, static_cast<uint64_t>(i)));
+          const auto s = synthesize_mask(std::vector<Plane>{mask}, all_foreground(size, size), rng, edge);
+          CAPTURE(name);
+          CHECK(flush_with_named_sides(s));
+          const auto pair = synthesize_training_pair(ok, ng, mask, all_foreground(size, size), rng, edge, name);
+          CHECK(!pair.placement.edge.empty());
+          CHECK(defect::detail::touched_sides(pair.mask) != 0);
+        }
+      }
+    }
+  }
+  CHECK(edge_masks >= 4);
+}

@@ -54,6 +54,7 @@ struct MaskPlacement {
   int h = 0, w = 0;         // patch size: the warped defect's bounding box
   int draws = 1;            // (angle, scale) draws made; > 1 when earlier draws did not fit
   bool shrunk = false;      // no draw fitted: scale is the largest below min_scale that does
+  std::string edge;         // keep_edges: the borders the placed defect is flush with ("top", "left+bottom"); "" = free
   std::vector<std::string> skipped;  // masks set aside first because they cannot fit this foreground at all
 };
 
@@ -77,6 +78,11 @@ struct SynthesisOptions {
   double min_fit_scale = 0.25;              // the smallest scale a defect is shrunk to before it is set aside
   float binarise_threshold = 0.5f;          // warped (interpolated) mask values > this are defect
   bool official_anisotropic_scale = false;  // the training code's transposed-dsize resize (see above)
+  /// Edge defects stay at the edge: a real mask that touches its image's border (a chipped edge, a break) is
+  /// turned by a multiple of 90 degrees instead of any angle and placed flush with the border its touching side
+  /// then faces; only where no such position lies in the foreground is it placed freely. Not in the paper (its
+  /// placement moves every defect inward): docs/method.md, "Edge defects".
+  bool keep_edges = false;
 };
 
 /// A real defect mask with a name for messages and logs (e.g. its file name).
@@ -254,12 +260,73 @@ inline Tensor<float, Cpu> paste_mask(const Tensor<float, Cpu>& patch, int H, int
   return out;
 }
 
-/// Draws the angle and scale of one warp (nothing is drawn in translate-only mode).
-inline std::pair<double, double> draw_affine(Rng& rng, const SynthesisOptions& o) {
+/// Draws the angle and scale of one warp (nothing is drawn in translate-only mode); an edge defect turns by a
+/// multiple of 90 degrees, so that its straight border side stays straight and axis-aligned.
+inline std::pair<double, double> draw_affine(Rng& rng, const SynthesisOptions& o, bool edge = false) {
   if (!o.rotate_and_scale) return {0.0, 1.0};
-  const double angle = rng.uniform(0.0, 360.0);
+  const double angle = edge ? 90.0 * static_cast<double>(rng.uniform_int(0, 3)) : rng.uniform(0.0, 360.0);
   const double scale = rng.uniform(o.min_scale, o.max_scale);
   return {angle, scale};
+}
+
+// ---- edge defects (SynthesisOptions::keep_edges) ----
+enum EdgeSide : unsigned { kTop = 1, kRight = 2, kBottom = 4, kLeft = 8 };
+
+/// The image borders a binary mask [1, 1, H, W] touches (EdgeSide bits).
+inline unsigned touched_sides(const Tensor<float, Cpu>& mask) {
+  const int H = static_cast<int>(mask.dim(2)), W = static_cast<int>(mask.dim(3));
+  const float* m = mask.data();
+  unsigned sides = 0;
+  for (int x = 0; x < W; ++x) {
+    if (m[x] >= 0.5f) sides |= kTop;
+    if (m[static_cast<int64_t>(H - 1) * W + x] >= 0.5f) sides |= kBottom;
+  }
+  for (int y = 0; y < H; ++y) {
+    if (m[static_cast<int64_t>(y) * W] >= 0.5f) sides |= kLeft;
+    if (m[static_cast<int64_t>(y) * W + W - 1] >= 0.5f) sides |= kRight;
+  }
+  return sides;
+}
+
+/// The sides after a counter-clockwise turn by angle_deg (a multiple of 90; np.rot90: top -> left -> bottom ->
+/// right -> top). A defect touching two opposite sides spans the image; it is kept flush with the top or left one.
+inline unsigned turn_sides(unsigned sides, double angle_deg) {
+  const int quarters = static_cast<int>(std::lround(std::fmod(std::fmod(angle_deg, 360.0) + 360.0, 360.0) / 90.0)) % 4;
+  for (int q = 0; q < quarters; ++q) sides = ((sides >> 1) | (sides << 3)) & 15u;
+  if ((sides & kTop) && (sides & kBottom)) sides &= ~static_cast<unsigned>(kBottom);
+  if ((sides & kLeft) && (sides & kRight)) sides &= ~static_cast<unsigned>(kRight);
+  return sides;
+}
+
+inline std::string describe_sides(unsigned sides) {
+  std::string out;
+  for (auto [bit, name] : {std::pair<unsigned, const char*>{kTop, "top"}, {kRight, "right"}, {kBottom, "bottom"}, {kLeft, "left"}})
+    if (sides & bit) out += (out.empty() ? "" : "+") + std::string(name);
+  return out;
+}
+
+/// A uniform random corner that puts the patch flush with `sides` (non-zero) and every defect pixel on the
+/// foreground: the other coordinate runs along the border. Without an rng: whether one exists.
+inline std::optional<std::pair<int, int>> find_edge_position(const PatchPixels& p, const Tensor<float, Cpu>& fg,
+                                                             unsigned sides, Rng* rng) {
+  const int H = static_cast<int>(fg.dim(2)), W = static_cast<int>(fg.dim(3));
+  if (p.h > H || p.w > W) return std::nullopt;
+  auto range = [](unsigned low, unsigned high, int room, unsigned s) {
+    if (s & low) return std::pair<int, int>{0, 0};
+    if (s & high) return std::pair<int, int>{room, room};
+    return std::pair<int, int>{0, room};
+  };
+  const auto [ya, yb] = range(kTop, kBottom, H - p.h, sides);
+  const auto [xa, xb] = range(kLeft, kRight, W - p.w, sides);
+  std::vector<std::pair<int, int>> fits;
+  for (int y0 = ya; y0 <= yb; ++y0)
+    for (int x0 = xa; x0 <= xb; ++x0)
+      if (lies_inside(p, fg, y0, x0)) {
+        if (!rng) return std::pair<int, int>{y0, x0};
+        fits.emplace_back(y0, x0);
+      }
+  if (fits.empty()) return std::nullopt;
+  return fits[static_cast<std::size_t>(rng->uniform_int(0, static_cast<int64_t>(fits.size()) - 1))];
 }
 
 /// A warped defect placed in the foreground: the patch (and its pixels) and where it went.
@@ -285,9 +352,10 @@ inline std::optional<WarpedDefect> try_warp(const Tensor<float, Cpu>& mask, cons
 ///     down to min_fit_scale, then 4 bisection steps between the first fitting scale and the one above it;
 ///  3. otherwise DefectDoesNotFit, naming the defect and why.
 /// Every draw comes from rng in a fixed order, so the result depends only on the sample's seed.
-inline Placed place_defect(const Tensor<float, Cpu>& mask, const Tensor<float, Cpu>* image, const Tensor<float, Cpu>& fg,
-                           const ForegroundInfo& finfo, Rng& rng, const SynthesisOptions& o, float border,
-                           const std::string& who) {
+/// `edge_sides` (touched_sides of the source, or 0): the placement keeps the defect flush with those borders.
+inline Placed place_defect_at(const Tensor<float, Cpu>& mask, const Tensor<float, Cpu>* image, const Tensor<float, Cpu>& fg,
+                              const ForegroundInfo& finfo, Rng& rng, const SynthesisOptions& o, float border,
+                              const std::string& who, unsigned edge_sides) {
   auto attempt = [&](double angle, double scale, Rng* position_rng) -> std::optional<Placed> {
     auto warped = try_warp(mask, image, angle, scale, o, border, who);
     if (!warped) return std::nullopt;
@@ -296,9 +364,12 @@ inline Placed place_defect(const Tensor<float, Cpu>& mask, const Tensor<float, C
     out.placement.angle_deg = angle, out.placement.scale = scale;
     out.placement.h = pixels.h, out.placement.w = pixels.w;
     // Without position_rng a probe of the scale search: does it fit anywhere? (no draw, no position kept)
-    const auto pos = find_position(pixels, fg, finfo, position_rng, o.max_attempts);
+    const unsigned sides = edge_sides ? turn_sides(edge_sides, angle) : 0u;
+    const auto pos = sides ? find_edge_position(pixels, fg, sides, position_rng)
+                           : find_position(pixels, fg, finfo, position_rng, o.max_attempts);
     if (!pos) return std::nullopt;
     if (position_rng) std::tie(out.placement.y0, out.placement.x0) = *pos;
+    out.placement.edge = describe_sides(sides);
     return out;
   };
 
@@ -331,7 +402,7 @@ inline Placed place_defect(const Tensor<float, Cpu>& mask, const Tensor<float, C
   std::vector<double> angles, limits;
   const int draws = o.rotate_and_scale ? o.max_affine_draws : 1;  // translate-only: every draw is the same
   for (int d = 0; d < draws; ++d) {
-    const auto [angle, scale] = draw_affine(rng, o);
+    const auto [angle, scale] = draw_affine(rng, o, edge_sides != 0);
     angles.push_back(angle);
     limits.push_back(box_scale_limit(angle));
     if (scale > limits.back()) continue;  // its box cannot fit: no position is drawn, as before
@@ -364,6 +435,21 @@ inline Placed place_defect(const Tensor<float, Cpu>& mask, const Tensor<float, C
   throw DefectDoesNotFit(adabldm::detail::concat(who, ": cannot fit inside the foreground (", finfo.count, " of ", fg.dim(2), "x",
                                 fg.dim(3), " pixels) even at scale ", o.min_fit_scale, " (--min-fit-scale)",
                                 why.empty() ? std::string() : "; at that scale " + why));
+}
+
+/// place_defect_at, keeping an edge defect at the edge when o.keep_edges asks for it; where it cannot lie flush
+/// with a border inside the foreground, it is placed freely (placement.edge is then "").
+inline Placed place_defect(const Tensor<float, Cpu>& mask, const Tensor<float, Cpu>* image, const Tensor<float, Cpu>& fg,
+                           const ForegroundInfo& finfo, Rng& rng, const SynthesisOptions& o, float border,
+                           const std::string& who) {
+  const unsigned sides = o.keep_edges ? touched_sides(mask_arg(mask, "place_defect")) : 0u;
+  if (sides) {
+    try {
+      return place_defect_at(mask, image, fg, finfo, rng, o, border, who, sides);
+    } catch (const DefectDoesNotFit&) {
+    }
+  }
+  return place_defect_at(mask, image, fg, finfo, rng, o, border, who, 0u);
 }
 
 }  // namespace detail
