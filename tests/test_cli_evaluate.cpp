@@ -96,6 +96,11 @@ TEST_CASE("evaluate: three conditions, its files, and a rerun that reuses the de
   CHECK(other.code != 0);
   CHECK(other.err.find("real_seed0.safetensors: trained with pos_weight 5.0, this run asks for 2.0") != std::string::npos);
   CHECK(std::count(other.err.begin(), other.err.end(), '\n') == 1);
+  // So is one whose crop & paste images would be placed otherwise (the real-only detectors are reused first).
+  const Run edges = cli(cmd + " --keep-edges");
+  CHECK(edges.code != 0);
+  CHECK(edges.err.find("croppaste_seed0.safetensors: its crop & paste images were made with {\"keep_edges\":false}") !=
+        std::string::npos);
 
   // Re-scoring another root whose test/ and ground_truth/ are symbolic links into the first one.
   const auto linked = f.dir / "linked";

@@ -103,6 +103,7 @@ TEST_CASE("generate: shards equal the single run byte for byte; resume skips fin
   CHECK(first["adapt_steps"] == 2);
   CHECK(first["adapt_lr"] == 1e-4);
   CHECK(first["adapt_last_blocks"] == 0);
+  CHECK(first["placement"]["edge"] == "");  // no --keep-edges: placed anywhere
   // --contact-sheet: OK | generated | mask per sample, the 64 px cells enlarged to 128 (examples/cli/contact_sheet.hpp).
   r = cli(gen_args(sharded) + " -n 2 --contact-sheet --resume");
   REQUIRE_MESSAGE(r.code == 0, r.err);

@@ -39,6 +39,7 @@ const char* kUsage =
     "  --pos-weight W          BCE weight of defect pixels (default 5)\n"
     "  --dice-weight W         weight of the soft Dice term (default 1; 0 = BCE only)\n"
     "  --widths LIST           detector channels per level (default 16,32,64,128)\n"
+    "  --keep-edges            croppaste: a defect touching its image's border is pasted flush with a border\n"
     "  --quiet                 no progress output\n";
 
 std::vector<std::string> split_list(const std::string& s, const char* what) {
@@ -71,7 +72,7 @@ int cmd_evaluate(int argc, char** argv) {
   const Args args(argc, argv, 2,
                   {"data", "defect", "out", "conditions", "synthetic", "extra", "seeds", "protocol", "size", "steps",
                    "batch", "crop", "lr", "pos-weight", "dice-weight", "widths", "detectors"},
-                  {"help", "quiet", "no-composite"});
+                  {"help", "quiet", "no-composite", "keep-edges"});
   if (args.flag("help")) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -87,7 +88,7 @@ int cmd_evaluate(int argc, char** argv) {
 
   if (args.has("detectors")) {
     for (const char* o : {"defect", "conditions", "synthetic", "extra", "seeds", "size", "steps", "batch", "crop", "lr",
-                         "pos-weight", "dice-weight", "widths"})
+                         "pos-weight", "dice-weight", "widths", "keep-edges"})
       check(!args.has(o), "--", o, " does not apply with --detectors (the detectors record their settings)");
     const auto runs = eval::rescore(args.require_nonempty("detectors"), args.require_nonempty("data"),
                                     args.require_nonempty("out"), protocol, on_event);
@@ -111,6 +112,7 @@ int cmd_evaluate(int argc, char** argv) {
   }
   o.extra = static_cast<int>(args.integer_in("extra", o.extra, 1, 100000));
   o.composite = !args.flag("no-composite");
+  o.crop_paste.synthesis.keep_edges = args.flag("keep-edges");
   if (args.has("seeds")) {
     o.seeds.clear();
     for (const auto& s : split_list(args.get("seeds"), "seeds"))

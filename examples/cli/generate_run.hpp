@@ -68,6 +68,8 @@ inline const char* kUsage =
     "                          another real mask is used (docs/method.md)\n"
     "  --translate-only        place real masks translated only (the official inference); default: also rotate\n"
     "                          by U[0, 360) and scale by U[0.85, 1.15] (the paper)\n"
+    "  --keep-edges            a real defect touching its image's border is placed flush with a border (turned by\n"
+    "                          quarter turns only), as breaks and chipped edges occur; default: anywhere (the paper)\n"
     "  --no-adapt              decode with the plain decoder\n"
     "  --adapt-steps N         online decoder adaptation steps (default 200)\n"
     "  --adapt-lr LR           its AdamW learning rate (default 1e-4)\n"
@@ -123,7 +125,8 @@ inline Args generate_args(int argc, char** argv) {
                "out", "seed", "shard", "preset", "steps", "guidance", "size", "foreground", "adapt-steps", "device",
                "adapt-lr", "adapt-last-blocks",
                "dtype", "adapt-dtype", "min-fit-scale", "contact-rows", "control-scale", "foreground-recipe"},
-              {"help", "no-adapt", "resume", "quiet", "translate-only", "tf32", "contact-sheet", "allow-non-finite"});
+              {"help", "no-adapt", "resume", "quiet", "translate-only", "tf32", "contact-sheet", "allow-non-finite",
+               "keep-edges"});
 }
 
 /// A contact-sheet row; samples smaller than 128 px are enlarged (nearest) so that they can be seen.
@@ -198,6 +201,7 @@ inline GenerateSettings generate_settings(const Args& args) {
   check(o.size % 8 == 0, "option --size ", o.size, ": must be a multiple of 8 (the autoencoder's downscale)");
   if (args.has("prompt-template")) o.prompt_template = args.get("prompt-template");
   o.synthesis.rotate_and_scale = !args.flag("translate-only");
+  o.synthesis.keep_edges = args.flag("keep-edges");
   o.synthesis.min_fit_scale = args.number_in("min-fit-scale", 0.25, 0.01, 1.0);
   o.adapt = !args.flag("no-adapt");
   o.adapt_in_bf16 = adapt_dtype == "bf16";
@@ -355,7 +359,7 @@ int generate_on(const Args& args) {
                            {"masks_dir", args.require("masks")},
                            {"placement", {{"y0", p.y0}, {"x0", p.x0}, {"h", p.h}, {"w", p.w}, {"angle_deg", p.angle_deg},
                                           {"scale", p.scale}, {"draws", p.draws}, {"shrunk", p.shrunk},
-                                          {"skipped", p.skipped}}},
+                                          {"skipped", p.skipped}, {"edge", p.edge}}},
                            {"prompt", sample.prompt},
                            {"preset", sampling::preset_name(o.preset)},
                            {"steps", o.steps},

@@ -49,6 +49,7 @@ inline const char* kUsage =
     "  --prompt-dropout P      fraction of empty prompts (the paper: 0.1; official code and default: 0)\n"
     "  --min-fit-scale S       smallest scale a pasted defect that does not fit is shrunk to (default 0.25)\n"
     "  --anisotropic           the official code's anisotropic rescale of the pasted defects\n"
+    "  --keep-edges            a defect touching its image's border is pasted flush with a border (quarter turns)\n"
     "  --device cpu|cuda       where training runs, in f32 (default cpu; cuda needs a build with the CUDA backend)\n"
     "  --tf32                  cuda: allow TF32 tensor cores for f32 matrix products and convolutions\n"
     "  --quiet                 no progress output\n";
@@ -59,7 +60,7 @@ inline Args train_args(int argc, char** argv) {
               {"model", "config", "init", "ok", "ng", "masks", "object", "defect", "prompt-template", "steps", "out",
                "batch", "accum", "lr", "seed", "save-every", "resume", "log", "size", "prompt-dropout", "device", "dtype",
                "min-fit-scale", "export"},
-              {"help", "quiet", "anisotropic", "tf32", "allow-non-finite"});
+              {"help", "quiet", "anisotropic", "tf32", "allow-non-finite", "keep-edges"});
 }
 
 template <class Dev>
@@ -81,6 +82,7 @@ int train_on(const Args& args) {
   topt.seed = static_cast<uint64_t>(args.integer_in("seed", 0, 0, 9007199254740991L));
   topt.prompt_dropout = args.number_in("prompt-dropout", 0.0, 0.0, 1.0);
   topt.synthesis.official_anisotropic_scale = args.flag("anisotropic");
+  topt.synthesis.keep_edges = args.flag("keep-edges");
   topt.synthesis.min_fit_scale = args.number_in("min-fit-scale", 0.25, 0.01, 1.0);
   const std::string object = args.require_nonempty("object"), defect_name = args.require_nonempty("defect");
   if (args.has("resume"))

@@ -269,7 +269,8 @@ inline std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
                          {"training", {{"steps", o.training.steps}, {"batch", o.training.batch},
                                        {"positives", o.training.positives}, {"crop", o.training.crop},
                                        {"lr", o.training.lr}, {"weight_decay", o.training.weight_decay},
-                                       {"pos_weight", o.training.pos_weight}, {"dice_weight", o.training.dice_weight}}}};
+                                       {"pos_weight", o.training.pos_weight}, {"dice_weight", o.training.dice_weight}}},
+                         {"crop_paste", {{"keep_edges", o.crop_paste.synthesis.keep_edges}}}};
   fs::create_directories(fs::path(o.out) / "detectors");
   std::vector<RunResult> runs;
   const int64_t total = static_cast<int64_t>(o.conditions.size() * o.seeds.size()) * o.training.steps;
@@ -292,6 +293,11 @@ inline std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
                 value.dump(), "; use another --out or delete it");
         check(loaded.meta.value("size", o.size) == o.size && loaded.meta.value("type", o.type) == o.type,
               det_file.string(), ": trained for another --size or --defect; use another --out or delete it");
+        if (condition == "croppaste") {
+          const auto had = loaded.meta.value("crop_paste", nlohmann::json{{"keep_edges", false}});
+          check(had == info["crop_paste"], det_file.string(), ": its crop & paste images were made with ", had.dump(),
+                ", this run asks for ", info["crop_paste"].dump(), "; use another --out or delete it");
+        }
         det = std::move(loaded.detector);
         r.train_seconds = loaded.meta.value("train_seconds", 0.0);
         say(tag + ": reusing " + det_file.string());
@@ -315,7 +321,8 @@ inline std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
         save_detector(det, det_file.string(),
                       {{"condition", condition}, {"seed", seed}, {"type", o.type}, {"size", o.size},
                        {"protocol", protocol_name(o.protocol)}, {"steps", t.steps},
-                       {"training", info["training"]}, {"train_seconds", r.train_seconds}});
+                       {"training", info["training"]}, {"crop_paste", info["crop_paste"]},
+                       {"train_seconds", r.train_seconds}});
       }
       r.metrics = detail::score_and_measure(det, test, fs::path(o.out) / "scores" / (tag + ".safetensors"));
       char buf[160];
