@@ -96,10 +96,12 @@ TEST_CASE("evaluate: three conditions, its files, and a rerun that reuses the de
   CHECK(other.code != 0);
   CHECK(other.err.find("real_seed0.safetensors: trained with pos_weight 5.0, this run asks for 2.0") != std::string::npos);
   CHECK(std::count(other.err.begin(), other.err.end(), '\n') == 1);
-  // So is one whose crop & paste images would be placed otherwise (the real-only detectors are reused first).
-  const Run edges = cli(cmd + " --keep-edges");
-  CHECK(edges.code != 0);
-  CHECK(edges.err.find("croppaste_seed0.safetensors: its crop & paste images were made with {\"keep_edges\":false}") !=
+  // So is one that adds other images (here 3 instead of 4; the real-only detectors are reused first).
+  std::string fewer = cmd;
+  fewer.replace(fewer.find(" --extra 4"), 10, " --extra 3");
+  const Run other_images = cli(fewer);
+  CHECK(other_images.code != 0);
+  CHECK(other_images.err.find("croppaste_seed0.safetensors: trained on other croppaste images than this run's") !=
         std::string::npos);
 
   // Re-scoring another root whose test/ and ground_truth/ are symbolic links into the first one.

@@ -11,6 +11,8 @@
 //   OUT/scores/<condition>_seed<k>.safetensors  one float32 [S, S] map per test image, named by its path under ROOT
 //                                               without extension, plus the resized binary masks (ground_truth/...)
 #include <chrono>
+#include <cstdint>
+#include <cstdio>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -84,6 +86,20 @@ struct RunResult {
 };
 
 namespace detail {
+/// "N images, fnv1a64 HEX" over the bytes of every image and mask, in order.
+inline std::string fingerprint(const std::vector<SegSample>& samples) {
+  uint64_t h = 1469598103934665603ull;
+  auto add = [&](const Tensor<float, Cpu>& t) {
+    const auto c = t.contiguous();
+    const auto* b = reinterpret_cast<const unsigned char*>(c.data());
+    for (std::size_t i = 0; i < static_cast<std::size_t>(c.numel()) * sizeof(float); ++i) h = (h ^ b[i]) * 1099511628211ull;
+  };
+  for (const auto& s : samples) add(s.image), add(s.mask);
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return std::to_string(samples.size()) + " images, fnv1a64 " + hex;
+}
+
 inline nlohmann::json metrics_json(const Metrics& m) {
   return {{"pixel_ap", m.pixel_ap},   {"pixel_auroc", m.pixel_auroc}, {"iap", m.iap},
           {"iap90", m.iap90},         {"pixel_f1_max", m.pixel_f1_max}, {"pro", m.pro},
@@ -269,8 +285,7 @@ inline std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
                          {"training", {{"steps", o.training.steps}, {"batch", o.training.batch},
                                        {"positives", o.training.positives}, {"crop", o.training.crop},
                                        {"lr", o.training.lr}, {"weight_decay", o.training.weight_decay},
-                                       {"pos_weight", o.training.pos_weight}, {"dice_weight", o.training.dice_weight}}},
-                         {"crop_paste", {{"keep_edges", o.crop_paste.synthesis.keep_edges}}}};
+                                       {"pos_weight", o.training.pos_weight}, {"dice_weight", o.training.dice_weight}}}};
   fs::create_directories(fs::path(o.out) / "detectors");
   std::vector<RunResult> runs;
   const int64_t total = static_cast<int64_t>(o.conditions.size() * o.seeds.size()) * o.training.steps;
@@ -278,6 +293,9 @@ inline std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
   for (const auto& condition : o.conditions) {
     std::vector<SegSample> positives = real;
     const auto extra = extra_for(condition);
+    // The added images' fingerprint (count and FNV-1a of their pixels and masks): a saved detector trained on
+    // other ones (another generated folder or placement) is not reused.
+    const std::string extra_images = detail::fingerprint(extra);
     positives.insert(positives.end(), extra.begin(), extra.end());
     for (const uint64_t seed : o.seeds) {
       const std::string tag = condition + "_seed" + std::to_string(seed);
@@ -293,11 +311,9 @@ inline std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
                 value.dump(), "; use another --out or delete it");
         check(loaded.meta.value("size", o.size) == o.size && loaded.meta.value("type", o.type) == o.type,
               det_file.string(), ": trained for another --size or --defect; use another --out or delete it");
-        if (condition == "croppaste") {
-          const auto had = loaded.meta.value("crop_paste", nlohmann::json{{"keep_edges", false}});
-          check(had == info["crop_paste"], det_file.string(), ": its crop & paste images were made with ", had.dump(),
-                ", this run asks for ", info["crop_paste"].dump(), "; use another --out or delete it");
-        }
+        check(loaded.meta.value("extra_images", extra_images) == extra_images, det_file.string(),
+              ": trained on other ", condition, " images than this run's (another --synthetic folder, --extra, ",
+              "--keep-edges or --no-composite); use another --out or delete it");
         det = std::move(loaded.detector);
         r.train_seconds = loaded.meta.value("train_seconds", 0.0);
         say(tag + ": reusing " + det_file.string());
@@ -321,7 +337,7 @@ inline std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
         save_detector(det, det_file.string(),
                       {{"condition", condition}, {"seed", seed}, {"type", o.type}, {"size", o.size},
                        {"protocol", protocol_name(o.protocol)}, {"steps", t.steps},
-                       {"training", info["training"]}, {"crop_paste", info["crop_paste"]},
+                       {"training", info["training"]}, {"extra_images", extra_images},
                        {"train_seconds", r.train_seconds}});
       }
       r.metrics = detail::score_and_measure(det, test, fs::path(o.out) / "scores" / (tag + ".safetensors"));
