@@ -103,6 +103,21 @@ TEST_CASE("evaluate: three conditions, its files, and a rerun that reuses the de
   CHECK(other_images.code != 0);
   CHECK(other_images.err.find("croppaste_seed0.safetensors: trained on other croppaste images than this run's") !=
         std::string::npos);
+  // The same count of other content: another generated folder whose images are those of the first one flipped.
+  const auto flipped = f.dir / "gen-flipped";
+  fs::create_directories(flipped);
+  fs::copy(f.gen, flipped, fs::copy_options::recursive);
+  for (const auto& e : fs::directory_iterator(flipped / "images")) {
+    Image im = read_image_u8(e.path().string());
+    std::reverse(im.pixels.begin(), im.pixels.end());
+    write_png(e.path().string(), im);
+  }
+  std::string other_folder = cmd;
+  other_folder.replace(other_folder.find(f.gen.string()), f.gen.string().size(), flipped.string());
+  const Run flipped_run = cli(other_folder);
+  CHECK(flipped_run.code != 0);
+  CHECK(flipped_run.err.find("adabldm_seed0.safetensors: trained on other adabldm images than this run's") !=
+        std::string::npos);
 
   // Re-scoring another root whose test/ and ground_truth/ are symbolic links into the first one.
   const auto linked = f.dir / "linked";

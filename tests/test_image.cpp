@@ -146,6 +146,12 @@ TEST_CASE("palette BMPs decode exactly, and an index outside the palette or a cu
   CHECK_THROWS_WITH_AS(decode_bmp_bytes(make_bmp(10, 2, 1, pal1, rows1.substr(0, 5))), doctest::Contains("does not lie within"), IoError);
   CHECK_THROWS_WITH_AS(decode_bmp_bytes(make_bmp(2, 1, 24, {}, std::string(5, '\x7f'))), doctest::Contains("does not lie within"), IoError);
   CHECK(decode_bmp_bytes(make_bmp(2, 1, 24, {}, std::string(6, '\x7f'))).pixels == std::vector<uint8_t>(6, 0x7f));
+  // Top-down (negative height) at 24 bits goes to stb, which reports the height negative: rows in file order.
+  const Image td = decode_bmp_bytes(make_bmp(1, -2, 24, {}, std::string("\x01\x02\x03\0\x04\x05\x06", 7)));
+  CHECK(td.pixels == std::vector<uint8_t>{3, 2, 1, 6, 5, 4});
+  // More palette entries than the indices reach: accepted, the extra ones unused.
+  CHECK(decode_bmp_bytes(make_bmp(2, 1, 1, {1, 1, 1, 0, 2, 2, 2, 0, 3, 3, 3, 0}, std::string("\x40\0\0\0", 4), 3)).pixels ==
+        std::vector<uint8_t>{1, 1, 1, 2, 2, 2});
   // The fuzzed file itself (pixels starting inside its header, a compression field of 0xFFFFFF00): an error.
   const std::string f = std::string(ADABLDM_TEST_DATA) + "/fuzz-regressions/image/bmp-1bpp-palette-inside-header.bmp";
   CHECK_THROWS_WITH_AS(read_image_u8(f, 1), doctest::Contains("cannot decode image (BMP"), IoError);

@@ -353,9 +353,10 @@ inline std::optional<WarpedDefect> try_warp(const Tensor<float, Cpu>& mask, cons
 ///  3. otherwise DefectDoesNotFit, naming the defect and why.
 /// Every draw comes from rng in a fixed order, so the result depends only on the sample's seed.
 /// `edge_sides` (touched_sides of the source, or 0): the placement keeps the defect flush with those borders.
+/// `shrink` false: only the draws are tried (step 2 is skipped).
 inline Placed place_defect_at(const Tensor<float, Cpu>& mask, const Tensor<float, Cpu>* image, const Tensor<float, Cpu>& fg,
                               const ForegroundInfo& finfo, Rng& rng, const SynthesisOptions& o, float border,
-                              const std::string& who, unsigned edge_sides) {
+                              const std::string& who, unsigned edge_sides, bool shrink = true) {
   auto attempt = [&](double angle, double scale, Rng* position_rng) -> std::optional<Placed> {
     auto warped = try_warp(mask, image, angle, scale, o, border, who);
     if (!warped) return std::nullopt;
@@ -411,6 +412,7 @@ inline Placed place_defect_at(const Tensor<float, Cpu>& mask, const Tensor<float
       return std::move(*placed);
     }
   }
+  if (!shrink) throw DefectDoesNotFit(who + ": no draw fits");
   // The largest scale that fits, on a 10 % grid refined by bisection; the position is drawn last.
   const double top = o.rotate_and_scale ? o.min_scale : 1.0;
   for (double s = top;; s = std::max(s * 0.9, o.min_fit_scale)) {
@@ -437,15 +439,15 @@ inline Placed place_defect_at(const Tensor<float, Cpu>& mask, const Tensor<float
                                 why.empty() ? std::string() : "; at that scale " + why));
 }
 
-/// place_defect_at, keeping an edge defect at the edge when o.keep_edges asks for it; where it cannot lie flush
-/// with a border inside the foreground, it is placed freely (placement.edge is then "").
+/// place_defect_at, keeping an edge defect at the edge when o.keep_edges asks for it; where none of its draws can
+/// lie flush with a border inside the foreground, it is placed freely (shrunk if need be; placement.edge is "").
 inline Placed place_defect(const Tensor<float, Cpu>& mask, const Tensor<float, Cpu>* image, const Tensor<float, Cpu>& fg,
                            const ForegroundInfo& finfo, Rng& rng, const SynthesisOptions& o, float border,
                            const std::string& who) {
   const unsigned sides = o.keep_edges ? touched_sides(mask_arg(mask, "place_defect")) : 0u;
   if (sides) {
     try {
-      return place_defect_at(mask, image, fg, finfo, rng, o, border, who, sides);
+      return place_defect_at(mask, image, fg, finfo, rng, o, border, who, sides, false);
     } catch (const DefectDoesNotFit&) {
     }
   }

@@ -290,13 +290,14 @@ inline std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
   std::vector<RunResult> runs;
   const int64_t total = static_cast<int64_t>(o.conditions.size() * o.seeds.size()) * o.training.steps;
   int64_t done = 0;
+  const std::string negatives_print = detail::fingerprint(negatives);
   for (const auto& condition : o.conditions) {
     std::vector<SegSample> positives = real;
     const auto extra = extra_for(condition);
-    // The added images' fingerprint (count and FNV-1a of their pixels and masks): a saved detector trained on
-    // other ones (another generated folder or placement) is not reused.
-    const std::string extra_images = detail::fingerprint(extra);
     positives.insert(positives.end(), extra.begin(), extra.end());
+    // The training images' fingerprint (count and FNV-1a of pixels and masks, defects then good images): a saved
+    // detector trained on others (another root, fold, generated folder, --extra or placement) is not reused.
+    const std::string training_images = detail::fingerprint(positives) + "; " + negatives_print;
     for (const uint64_t seed : o.seeds) {
       const std::string tag = condition + "_seed" + std::to_string(seed);
       const fs::path det_file = fs::path(o.out) / "detectors" / (tag + ".safetensors");
@@ -311,9 +312,12 @@ inline std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
                 value.dump(), "; use another --out or delete it");
         check(loaded.meta.value("size", o.size) == o.size && loaded.meta.value("type", o.type) == o.type,
               det_file.string(), ": trained for another --size or --defect; use another --out or delete it");
-        check(loaded.meta.value("extra_images", extra_images) == extra_images, det_file.string(),
-              ": trained on other ", condition, " images than this run's (another --synthetic folder, --extra, ",
-              "--keep-edges or --no-composite); use another --out or delete it");
+        check(loaded.meta.contains("training_images"), det_file.string(),
+              ": records no fingerprint of its training images (saved by an older version); use another --out or "
+              "delete it");
+        check(loaded.meta["training_images"] == training_images, det_file.string(), ": trained on other ", condition,
+              " images than this run's (another root or fold, --synthetic folder, --extra, --keep-edges or "
+              "--no-composite); use another --out or delete it");
         det = std::move(loaded.detector);
         r.train_seconds = loaded.meta.value("train_seconds", 0.0);
         say(tag + ": reusing " + det_file.string());
@@ -337,7 +341,7 @@ inline std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
         save_detector(det, det_file.string(),
                       {{"condition", condition}, {"seed", seed}, {"type", o.type}, {"size", o.size},
                        {"protocol", protocol_name(o.protocol)}, {"steps", t.steps},
-                       {"training", info["training"]}, {"extra_images", extra_images},
+                       {"training", info["training"]}, {"training_images", training_images},
                        {"train_seconds", r.train_seconds}});
       }
       r.metrics = detail::score_and_measure(det, test, fs::path(o.out) / "scores" / (tag + ".safetensors"));

@@ -16,6 +16,7 @@
 // your own implementation. ADABLDM_IMAGE_STB_ONLY decodes everything with stb (the fallback's tests).
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -85,7 +86,8 @@ inline std::string decode_stb(const uint8_t* data, std::size_t size, Image& out,
   int w = 0, h = 0, n = 0;
   auto reason = [] { const char* r = stbi_failure_reason(); return std::string(r ? r : "stb_image: error"); };
   if (!stbi_info_from_memory(data, len, &w, &h, &n)) return reason();
-  const std::string too_big = image_size_error(static_cast<uint64_t>(w), static_cast<uint64_t>(h));
+  // stb reports a top-down BMP's height as negative.
+  const std::string too_big = image_size_error(static_cast<uint64_t>(std::abs(w)), static_cast<uint64_t>(std::abs(h)));
   if (!too_big.empty()) return too_big;
   if (has_prefix(data, size, "\xFF\xD8\xFF", 3)) {
     bool eoi = false;

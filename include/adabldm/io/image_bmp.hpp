@@ -5,6 +5,7 @@
 // two different images); a file cut short reads as zeros. So every BMP is checked here first (header fields,
 // the pixel data all inside the file), palette images (1, 4 and 8 bits per pixel) are decoded here with each
 // index checked against the palette, and only 16/24/32-bit images go on to stb.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -48,6 +49,9 @@ inline std::string decode_bmp(const uint8_t* data, std::size_t size, Image& out,
   if (bpp != 1 && bpp != 4 && bpp != 8 && bpp != 16 && bpp != 24 && bpp != 32)
     return "BMP with " + std::to_string(bpp) + " bits per pixel";
   if (compression == 1 || compression == 2) return "run-length encoded BMP is not supported";
+  if ((hsz == 52 || hsz == 56) && bpp >= 16)  // stb reads these headers' colour masks from the wrong place
+    return "BMP info header of " + std::to_string(hsz) + " bytes is not supported for " + std::to_string(bpp) +
+           " bits per pixel";
   if (compression != 0 && !(compression == 3 && (bpp == 16 || bpp == 32)))
     return "BMP compression " + std::to_string(compression) + " is not supported for " + std::to_string(bpp) +
            " bits per pixel";
@@ -63,9 +67,8 @@ inline std::string decode_bmp(const uint8_t* data, std::size_t size, Image& out,
   // The palette sits between the headers and the pixel data; it holds colors_used entries (0: 2^bpp).
   const uint32_t entry = core ? 3 : 4;
   const uint64_t room = (offset - 14 - hsz) / entry;
-  uint64_t colors = colors_used ? colors_used : (1u << bpp);
-  if (colors > (1u << bpp)) return "BMP palette of " + std::to_string(colors) + " colours for " + std::to_string(bpp) + " bits per pixel";
-  if (colors > room) colors = room;
+  // A palette may hold more entries than the indices can reach (other readers accept it): those are unused.
+  const uint64_t colors = std::min<uint64_t>({colors_used ? colors_used : (1u << bpp), 1u << bpp, room});
   if (colors == 0) return "BMP with " + std::to_string(bpp) + " bits per pixel has no palette";
   const uint8_t* pal = data + 14 + hsz;
   const std::size_t w = static_cast<std::size_t>(width), rows = static_cast<std::size_t>(height);
