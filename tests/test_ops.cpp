@@ -131,10 +131,12 @@ TEST_CASE("gemm: the AVX-512 SGEMM against a double reference and Eigen, every e
           if (beta == 0.0f) c.data()[0] = std::numeric_limits<float>::quiet_NaN();
           const auto ref = naive(ta, tb, M, N, K, alpha, dvec(a), lda, dvec(b), ldb, beta, dvec(c), ldc);
           auto ours = c.clone(), eigen = c.clone();
+          const bool was = ops::detail::use_own_sgemm();
+          ops::detail::use_own_sgemm() = true;
           ops::gemm<float>(ta, tb, M, N, K, alpha, a.data(), lda, b.data(), ldb, beta, ours.data(), ldc);
           ops::detail::use_own_sgemm() = false;
           ops::gemm<float>(ta, tb, M, N, K, alpha, a.data(), lda, b.data(), ldb, beta, eigen.data(), ldc);
-          ops::detail::use_own_sgemm() = true;
+          ops::detail::use_own_sgemm() = was;
           double worst = 0, worst_eigen = 0, scale = 1;
           for (int64_t i = 0; i < M; ++i)
             for (int64_t j = 0; j < ldc; ++j) {

@@ -1,6 +1,6 @@
 #pragma once
-// Single-precision GEMM for AVX-512 CPUs (used by ops::gemm<float> when the build targets AVX-512; Eigen
-// elsewhere and for other types). The classic layout of BLIS / GotoBLAS:
+// Single-precision GEMM for AVX-512 CPUs (ops::gemm<float> uses it when the build targets AVX-512 and
+// use_own_sgemm() is on; Eigen otherwise and for other types). The classic layout of BLIS / GotoBLAS:
 //   for each KC x NC block of op(B): pack it into NR-column panels (kept in L3 / L2);
 //     for each MC x KC block of op(A): pack it into MR-row panels (kept in L2);
 //       for each MR x NR tile of C: the micro-kernel, MR x NR accumulators in registers over KC (B's panel in L1).
@@ -28,7 +28,7 @@ namespace sgemm {
 constexpr int kMR = 12, kNR = 32;
 
 /// Block sizes from the cache sizes of the machine (sysconf; defaults when it does not say): B's KC x NR panel
-/// takes half of L1, A's MC x KC block half of L2.
+/// takes two thirds of L1 (measured best on a 48 KB L1: KC 256), A's MC x KC block half of L2.
 struct Blocking {
   int64_t kc, mc, nc;
 };
@@ -40,7 +40,7 @@ inline Blocking blocking() {
     };
     const long l1 = cache(_SC_LEVEL1_DCACHE_SIZE, 32 * 1024), l2 = cache(_SC_LEVEL2_CACHE_SIZE, 1024 * 1024);
     Blocking r;
-    r.kc = std::clamp<int64_t>((l1 / 2) / (kNR * 4) / 16 * 16, 64, 512);
+    r.kc = std::clamp<int64_t>((l1 * 2 / 3) / (kNR * 4) / 16 * 16, 64, 512);
     r.mc = std::clamp<int64_t>((l2 / 2) / (r.kc * 4) / kMR * kMR, kMR, 1200);
     r.nc = 4096;
     return r;
@@ -69,14 +69,17 @@ inline void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t 
   for (int64_t p = 0; p < mc; p += kMR) {
     const int64_t rows = std::min<int64_t>(kMR, mc - p);
     float* d = dst + p * kc;
-    if (!trans) {
-      for (int64_t r = 0; r < kMR; ++r) {
-        if (r < rows) {
-          const float* src = A + (i0 + p + r) * lda + k0;
-          for (int64_t k = 0; k < kc; ++k) d[k * kMR + r] = src[k];
-        } else {
-          for (int64_t k = 0; k < kc; ++k) d[k * kMR + r] = 0.0f;
-        }
+    if (!trans) {  // 16 k at a time: 12 row loads, a transpose through the stack, contiguous stores
+      const float* src[kMR];
+      for (int64_t r = 0; r < kMR; ++r) src[r] = r < rows ? A + (i0 + p + r) * lda + k0 : nullptr;
+      alignas(64) float t[kMR][16];
+      for (int64_t k = 0; k < kc; k += 16) {
+        const int64_t n = std::min<int64_t>(16, kc - k);
+        const __mmask16 m = n == 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+        for (int64_t r = 0; r < kMR; ++r)
+          _mm512_store_ps(t[r], src[r] ? _mm512_maskz_loadu_ps(m, src[r] + k) : _mm512_setzero_ps());
+        for (int64_t kk = 0; kk < n; ++kk)
+          for (int64_t r = 0; r < kMR; ++r) d[(k + kk) * kMR + r] = t[r][kk];
       }
     } else {
       for (int64_t k = 0; k < kc; ++k) {
@@ -103,13 +106,18 @@ inline void pack_b(bool trans, const float* B, int64_t ldb, int64_t k0, int64_t 
         _mm512_store_ps(d + k * kNR, _mm512_maskz_loadu_ps(m0, src));
         _mm512_store_ps(d + k * kNR + 16, _mm512_maskz_loadu_ps(m1, src + 16));
       }
-    } else {
-      for (int64_t c = 0; c < kNR; ++c) {
-        if (c < cols) {
-          const float* src = B + (j0 + q + c) * ldb + k0;
-          for (int64_t k = 0; k < kc; ++k) d[k * kNR + c] = src[k];
-        } else {
-          for (int64_t k = 0; k < kc; ++k) d[k * kNR + c] = 0.0f;
+    } else {  // 16 k at a time: NR column loads (rows of B), a transpose through the stack, contiguous stores
+      alignas(64) float t[kNR][16];
+      for (int64_t k = 0; k < kc; k += 16) {
+        const int64_t n = std::min<int64_t>(16, kc - k);
+        const __mmask16 m = n == 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+        for (int64_t c = 0; c < kNR; ++c)
+          _mm512_store_ps(t[c], c < cols ? _mm512_maskz_loadu_ps(m, B + (j0 + q + c) * ldb + k0 + k) : _mm512_setzero_ps());
+        for (int64_t kk = 0; kk < n; ++kk) {
+          alignas(64) float row[kNR];
+          for (int64_t c = 0; c < kNR; ++c) row[c] = t[c][kk];
+          _mm512_store_ps(d + (k + kk) * kNR, _mm512_load_ps(row));
+          _mm512_store_ps(d + (k + kk) * kNR + 16, _mm512_load_ps(row + 16));
         }
       }
     }
@@ -119,10 +127,17 @@ inline void pack_b(bool trans, const float* B, int64_t ldb, int64_t k0, int64_t 
 /// C[0:mr, 0:nr] (row stride ldc) = alpha * a_panel b_panel + (first ? beta * C : C), beta == 0 ignoring C.
 inline void micro_kernel(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int64_t mr, int64_t nr,
                          float alpha, float beta, bool first) {
+  // The C tile's rows are 4 KB apart in a large product: no hardware prefetcher finds them, and waiting for
+  // them after the loop cost a third of the time. Asked for now, they arrive while the FMAs run.
+  for (int64_t i = 0; i < mr; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 16), _MM_HINT_T0);
+  }
   __m512 acc[kMR][2];
 #pragma GCC unroll 12
   for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   for (int64_t k = 0; k < kc; ++k, a += kMR, b += kNR) {
+    _mm_prefetch(reinterpret_cast<const char*>(a + 8 * kMR), _MM_HINT_T0);
     const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
 #pragma GCC unroll 12
     for (int i = 0; i < kMR; ++i) {
@@ -173,8 +188,8 @@ inline void sgemm_avx512(bool trans_a, bool trans_b, int64_t M, int64_t N, int64
       for (int64_t ic = 0; ic < M; ic += bl.mc) {
         const int64_t mc = std::min(bl.mc, M - ic);
         pack_a(trans_a, A, lda, ic, mc, pc, kc, pa);
-        for (int64_t jr = 0; jr < nc; jr += kNR)
-          for (int64_t ir = 0; ir < mc; ir += kMR)
+        for (int64_t ir = 0; ir < mc; ir += kMR)
+          for (int64_t jr = 0; jr < nc; jr += kNR)
             micro_kernel(kc, pa + ir * kc, pb + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc,
                          std::min<int64_t>(kMR, mc - ir), std::min<int64_t>(kNR, nc - jr), alpha, beta, pc == 0);
       }
@@ -187,9 +202,15 @@ inline void sgemm_avx512(bool, bool, int64_t, int64_t, int64_t, float, const flo
                          float, float*, int64_t) {}
 #endif
 
-/// Whether ops::gemm<float> uses sgemm_avx512 (where built); tests switch it off to compare with Eigen.
+/// Whether ops::gemm<float> uses sgemm_avx512 (where built). Off by default: on the Intel Xeon of 2026-12-07 it
+/// was 10 % faster than Eigen on a 1024^3 product (165 against 150 GFLOP/s on one thread) but 10 % slower on the
+/// SD1.5 UNet step, whose products are mostly transposed and thin (docs/performance.md). ADABLDM_OWN_SGEMM=1 in the
+/// environment turns it on for a run; tests switch it on to compare it with Eigen.
 inline bool& use_own_sgemm() {
-  static bool on = true;
+  static bool on = [] {
+    const char* e = std::getenv("ADABLDM_OWN_SGEMM");
+    return e && *e && *e != '0';
+  }();
   return on;
 }
 
