@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import shutil
+import struct
 import sys
 import zipfile
 
@@ -70,6 +71,23 @@ def main():
     vocab_json = json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False).encode()
     write(out, "tokenizer", "tiny_folder", vocab_json + b"\0" + ("#version: 0.2\n" + "\n".join(merges) + "\n").encode())
     write(out, "tokenizer", "tiny_merges.gz", gzip.compress(("#version: 0.2\n" + "\n".join(merges) + "\n").encode(), mtime=0))
+    # image: BMPs of every depth the readers take (io/image_bmp.hpp decodes palettes, stb the rest): 1, 4 and 8
+    # bits with palettes, 24 bits top-down, 32 bits with BITFIELDS masks, and an OS/2 core header
+    def bmp(w, h, bpp, palette, pixels, hsz=40, compression=0, masks=b""):
+        head = struct.pack("<iihhI", w, h, 1, bpp, compression) + struct.pack("<IiiII", len(pixels), 2835, 2835, 0, 0)
+        if hsz == 12:
+            head = struct.pack("<HHHH", w, h, 1, bpp)
+        info = struct.pack("<I", hsz) + head + masks
+        offset = 14 + len(info) + len(palette)
+        return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + palette + pixels
+    gray = lambda n: b"".join(bytes([i * 255 // max(1, n - 1)] * 3 + [0]) for i in range(n))
+    write(out, "image", "bmp1.bmp", bmp(10, 2, 1, gray(2), b"\xa0\x40\0\0\x01\x80\0\0"))
+    write(out, "image", "bmp4.bmp", bmp(3, -2, 4, gray(16), b"\x21\x00\0\0\x3f\xe0\0\0"))
+    write(out, "image", "bmp8.bmp", bmp(4, 2, 8, gray(256), bytes(range(8))))
+    write(out, "image", "bmp24-topdown.bmp", bmp(2, -2, 24, b"", bytes(range(6)) + b"\0\0" + bytes(range(6, 12)) + b"\0\0"))
+    write(out, "image", "bmp32-bitfields.bmp",
+          bmp(2, 1, 32, b"", bytes(range(8)), compression=3, masks=struct.pack("<III", 0xFF0000, 0xFF00, 0xFF)))
+    write(out, "image", "bmp8-os2.bmp", bmp(4, 1, 8, b"".join(bytes([i, i, i]) for i in range(256)), bytes(range(4)), hsz=12))
     # manifest: whole entries, a torn last line, a wrong type
     line = {"index": 3, "seed": 7, "ok_source": "ok/free_000.png", "image": "images/000003.png",
             "mask": "masks/000003.png", "prompt": "a crack on a magnetic tile", "adapted": True}
