@@ -5,7 +5,7 @@
 // component's), timed as ../shared/peer-bench/peer_torch_bench.py times PyTorch: one warm-up call, then --reps
 // calls, the median; prints one line `RESULT {json}` in that script's format:
 //   bench_sd15_cpu --component unet|vae_dec|vae_enc|clip|adapt|gemm [--res 32] [--batch 1] [--reps 3]
-//                  [--threads N] [--tiny] [--last-blocks K] [--own-gemm]
+//                  [--threads N] [--tiny] [--last-blocks K] [--eigen-gemm]
 //   unet     UNet step on [batch, 4, res, res] with a [batch, 77, 768] context (CFG's batch 2 is --batch 2)
 //   vae_dec  vae.decode of [batch, 4, res, res]; vae_enc: vae.encode(...).mean of [batch, 3, 8 res, 8 res]
 //   clip     CLIP-L text encoder on [batch, 77] token ids
@@ -15,7 +15,7 @@
 //            the frozen rest runs once, outside the timed step)
 //   gemm     ops::gemm 1024^3 (bench_ops' BM_Matmul/1024): the GEMM's GFLOP/s against the FMA peak
 // --tiny swaps in small models of the same architectures (and a 64^3 GEMM): a smoke run for CI, never timed.
-// --own-gemm: float matrix products through our AVX-512 SGEMM (ops/gemm_avx512.hpp) instead of Eigen, for A/B runs.
+// --eigen-gemm: float matrix products through Eigen instead of our AVX-512 SGEMM (ops/gemm_avx512.hpp), for A/B runs.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -296,7 +296,7 @@ int main(int argc, char** argv) {
     else if (arg == "--threads") set_num_threads(std::max(1, std::atoi(value())));
     else if (arg == "--tiny") a.tiny = true;
     else if (arg == "--last-blocks") a.last_blocks = std::atoi(value());
-    else if (arg == "--own-gemm") ops::detail::use_own_sgemm() = true;
+    else if (arg == "--eigen-gemm") ops::detail::use_own_sgemm() = false;
     else {
       std::fprintf(stderr, "bench_sd15_cpu: unknown argument %s (see the comment at the top of bench_sd15_cpu.cpp)\n",
                    arg.c_str());

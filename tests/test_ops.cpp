@@ -159,6 +159,31 @@ TEST_CASE("gemm: the AVX-512 SGEMM against a double reference and Eigen, every e
         }
   CHECK(cases == 5 * 8 * 4 * 4);
   MESSAGE("own AVX-512 SGEMM compiled in: ", ops::detail::kHasOwnSgemm);
+
+  // Large enough to be split over threads (shared packed B, slices of A): the same bits on 1 and 2 threads, and
+  // the double product's values.
+  const bool was = ops::detail::use_own_sgemm();
+  ops::detail::use_own_sgemm() = true;
+  const int threads = num_threads();
+  for (int layout = 0; layout < 4; ++layout) {
+    const bool ta = layout & 1, tb = layout & 2;
+    const int64_t M = 301, N = 259, K = 530;
+    const auto a = rng.normal({M * K}), b = rng.normal({K * N});
+    const int64_t lda = ta ? M : K, ldb = tb ? K : N;
+    auto one = Tensor<float>::empty({M * N}), two = Tensor<float>::empty({M * N});
+    set_num_threads(1);
+    ops::gemm<float>(ta, tb, M, N, K, 1.0f, a.data(), lda, b.data(), ldb, 0.0f, one.data(), N);
+    set_num_threads(2);
+    ops::gemm<float>(ta, tb, M, N, K, 1.0f, a.data(), lda, b.data(), ldb, 0.0f, two.data(), N);
+    CHECK(one.to_vector() == two.to_vector());
+    const auto ref = naive(ta, tb, M, N, K, 1.0, dvec(a), lda, dvec(b), ldb, 0.0, std::vector<double>(M * N), N);
+    double worst = 0, scale = 1;
+    for (std::size_t i = 0; i < ref.size(); ++i)
+      worst = std::max(worst, std::fabs(two.data()[i] - ref[i])), scale = std::max(scale, std::fabs(ref[i]));
+    CHECK(worst <= 2e-6 * scale * std::sqrt(static_cast<double>(K)));
+  }
+  set_num_threads(threads);
+  ops::detail::use_own_sgemm() = was;
 }
 
 namespace {

@@ -51,6 +51,10 @@ template <class T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
           const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   constexpr int64_t kBlock = 256;
+  if constexpr (std::is_same_v<T, float> && detail::kHasOwnSgemm) {  // it splits the work over threads itself
+    if (detail::use_own_sgemm())
+      return detail::sgemm_avx512_parallel(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
   if (M * N * K < (int64_t{1} << 22) || (M <= kBlock && N <= kBlock)) {
     detail::gemm_block(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
