@@ -42,7 +42,10 @@ for h in "${harnesses[@]}"; do
   # -timeout: one input may take at most 10 s; -rss_limit_mb: 2 GB of memory; -max_len: inputs up to 64 KB.
   if nice -n 15 "$build/bin/fuzz_$h" "$build/corpus/$h" "tests/data/fuzz-regressions/$h" -dict="fuzz/$h.dict" \
        -max_total_time="$seconds" "${runs[@]}" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
-       -artifact_prefix="$build/findings/$h/" > "$log" 2>&1; then result=ok; else result=FINDING; status=1; fi
+       -artifact_prefix="$build/findings/$h/" > "$log" 2>&1; then result=ok
+  elif grep -q "Test unit written to" "$log"; then result=FINDING; status=1
+  else result=stopped; status=1  # interrupted (a signal, the machine): no input was written
+  fi
   execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo "?")
   cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1 || echo "cov: ?")
   corpus=$(ls "$build/corpus/$h" | wc -l)
