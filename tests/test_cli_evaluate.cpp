@@ -92,18 +92,20 @@ TEST_CASE("evaluate: three conditions, its files, and a rerun that reuses the de
   const auto j2 = read_json(out / "results.json");
   for (std::size_t i = 0; i < 6; ++i) CHECK(j2["runs"][i]["metrics"] == j["runs"][i]["metrics"]);
   // A rerun with other training settings into the same folder is refused, naming the detector and the setting.
-  const Run other = cli(cmd + " --pos-weight 2");
-  CHECK(other.code != 0);
-  CHECK(other.err.find("real_seed0.safetensors: trained with pos_weight 5.0, this run asks for 2.0") != std::string::npos);
-  CHECK(std::count(other.err.begin(), other.err.end(), '\n') == 1);
-  // So is one that adds other images (here 3 instead of 4; the real-only detectors are reused first).
+  // A rerun into the same folder that would train on other settings or images is refused in one line, naming the
+  // detector and what differs.
+  const auto refused = [&](const std::string& command, const std::string& message) {
+    const Run r = cli(command);
+    CHECK(r.code != 0);
+    CHECK_MESSAGE(r.err.find(message) != std::string::npos, r.err);
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+  };
+  refused(cmd + " --pos-weight 2", "real_seed0.safetensors: trained with pos_weight 5.0, this run asks for 2.0");
+  // Other images: 3 instead of 4 (the real-only detectors are reused first) ...
   std::string fewer = cmd;
   fewer.replace(fewer.find(" --extra 4"), 10, " --extra 3");
-  const Run other_images = cli(fewer);
-  CHECK(other_images.code != 0);
-  CHECK(other_images.err.find("croppaste_seed0.safetensors: trained on other croppaste images than this run's") !=
-        std::string::npos);
-  // The same count of other content: another generated folder whose images are those of the first one flipped.
+  refused(fewer, "croppaste_seed0.safetensors: trained on other croppaste images than this run's");
+  // ... and the same count of other content: a generated folder whose images are the first one's, reversed.
   const auto flipped = f.dir / "gen-flipped";
   fs::create_directories(flipped);
   fs::copy(f.gen, flipped, fs::copy_options::recursive);
@@ -114,10 +116,7 @@ TEST_CASE("evaluate: three conditions, its files, and a rerun that reuses the de
   }
   std::string other_folder = cmd;
   other_folder.replace(other_folder.find(f.gen.string()), f.gen.string().size(), flipped.string());
-  const Run flipped_run = cli(other_folder);
-  CHECK(flipped_run.code != 0);
-  CHECK(flipped_run.err.find("adabldm_seed0.safetensors: trained on other adabldm images than this run's") !=
-        std::string::npos);
+  refused(other_folder, "adabldm_seed0.safetensors: trained on other adabldm images than this run's");
 
   // Re-scoring another root whose test/ and ground_truth/ are symbolic links into the first one.
   const auto linked = f.dir / "linked";

@@ -1,6 +1,6 @@
 #pragma once
-// Matrix products on the CPU through our AVX-512 SGEMM (float) or Eigen (mapped over our buffers, no copies): the gemm primitive, matmul
-// (2-D and batched) and linear (x W^T + b, PyTorch's nn.Linear layout), each with its backward kernels.
+// Matrix products on the CPU: the gemm primitive (our AVX-512 SGEMM for float, gemm_avx512.hpp; else Eigen mapped
+// over our buffers, no copies), matmul (2-D and batched) and linear (x W^T + b, PyTorch's nn.Linear layout), each with its backward kernels.
 #include <Eigen/Core>
 
 #include "adabldm/core/autograd_record.hpp"
@@ -22,14 +22,10 @@ using ConstMatMap = Eigen::Map<const RowMajor<T>, Eigen::Unaligned, Eigen::Outer
 /// C[M,N] = alpha * op(A) * op(B) + beta * C, all row-major with leading dimensions (row strides) lda/ldb/ldc.
 /// op(A) is A[M,K] (or A[K,M] transposed when trans_a). beta == 0 ignores C's previous content (even NaN).
 namespace detail {
-/// One single-threaded GEMM on a block: ours for float on AVX-512 (gemm_avx512.hpp), else Eigen's (its own
-/// threading is switched off: see gemm()).
+/// One single-threaded Eigen GEMM on a block (Eigen's own threading is switched off: see gemm()).
 template <class T>
 void gemm_block(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  if constexpr (std::is_same_v<T, float> && kHasOwnSgemm) {
-    if (use_own_sgemm()) return sgemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  }
   MatMap<T> c(C, M, N, Eigen::OuterStride<>(ldc));
   if (beta == T(0)) c.setZero(); else if (beta != T(1)) c *= beta;
   if (K == 0) return;
