@@ -5,7 +5,7 @@
 // component's), timed as ../shared/peer-bench/peer_torch_bench.py times PyTorch: one warm-up call, then --reps
 // calls, the median; prints one line `RESULT {json}` in that script's format:
 //   bench_sd15_cpu --component unet|vae_dec|vae_enc|clip|adapt|gemm [--res 32] [--batch 1] [--reps 3]
-//                  [--threads N] [--tiny] [--last-blocks K] [--eigen-gemm]
+//                  [--threads N] [--tiny] [--last-blocks K] [--eigen-gemm] [--cpu-matmul f32|bf16]
 //   unet     UNet step on [batch, 4, res, res] with a [batch, 77, 768] context (CFG's batch 2 is --batch 2)
 //   vae_dec  vae.decode of [batch, 4, res, res]; vae_enc: vae.encode(...).mean of [batch, 3, 8 res, 8 res]
 //   clip     CLIP-L text encoder on [batch, 77] token ids
@@ -16,6 +16,8 @@
 //   gemm     ops::gemm 1024^3 (bench_ops' BM_Matmul/1024): the GEMM's GFLOP/s against the FMA peak
 // --tiny swaps in small models of the same architectures (and a 64^3 GEMM): a smoke run for CI, never timed.
 // --eigen-gemm: float matrix products through Eigen instead of our AVX-512 SGEMM (ops/gemm_avx512.hpp), for A/B runs.
+// --cpu-matmul bf16: float matrix products with bfloat16 operands (ops/gemm_bf16.hpp: AMX or AVX512-BF16); refused
+// where the CPU has neither, so a table never shows float32 times under a bf16 label.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -297,6 +299,18 @@ int main(int argc, char** argv) {
     else if (arg == "--tiny") a.tiny = true;
     else if (arg == "--last-blocks") a.last_blocks = std::atoi(value());
     else if (arg == "--eigen-gemm") ops::detail::use_own_sgemm() = false;
+    else if (arg == "--cpu-matmul") {
+      const std::string p = value();
+      if (p != "f32" && p != "bf16") {
+        std::fprintf(stderr, "bench_sd15_cpu: --cpu-matmul must be f32 or bf16, got %s\n", p.c_str());
+        return 2;
+      }
+      if (p == "bf16" && ops::detail::bf16_kernel() == ops::detail::Bf16Kernel::none) {
+        std::fprintf(stderr, "bench_sd15_cpu: --cpu-matmul bf16: this CPU (or build) has neither AMX nor AVX512-BF16\n");
+        return 3;
+      }
+      ops::set_cpu_matmul_precision(p == "bf16" ? ops::MatmulPrecision::bf16 : ops::MatmulPrecision::f32);
+    }
     else {
       std::fprintf(stderr, "bench_sd15_cpu: unknown argument %s (see the comment at the top of bench_sd15_cpu.cpp)\n",
                    arg.c_str());

@@ -14,7 +14,9 @@
 #   ratios unet256=R unet512=R vae_dec=R vae_enc=R clip=R adapt=R peak_unet=P peak_gemm=P
 # R = our time / PyTorch's (2 decimals; "-" when the row did not run), P = our GFLOP/s as a fraction of the FMA
 # peak (peak_unet: the 256 px UNet step, whose FLOPs are those PyTorch's harness counts on the same architecture;
-# peak_gemm: the 1024^3 GEMM).
+# peak_gemm: the 1024^3 GEMM). Where the CPU has AMX or AVX512-BF16, every row of ours also runs with
+# --cpu-matmul bf16 (rows of their own against the same PyTorch f32 times, and a line "bf16 ratios ..." just before
+# the last).
 #
 #   benchmarks/compare_pytorch.sh [--threads 2] [--reps 3] [--quick] [--build DIR] [--out FILE] [--setup-only]
 #     --quick       one rep, 256 px only (no unet512): a smoke run, not a measurement
@@ -164,12 +166,18 @@ torch() { run "$1" torch "${torch_env[@]}" /usr/bin/python3 "${@:2}" --threads "
 say "FMA peak, $threads threads"
 fma=$("$work/fma_peak" | grep "^threads=$threads ")
 echo "$fma" > "$work/fma.txt"
+# Where the CPU has AMX or AVX512-BF16, each row of ours also runs with --cpu-matmul bf16 (its own row, against
+# the same PyTorch f32 time); bench_sd15_cpu exits 3 where it has neither.
+bf16=0
+"$build/bin/bench_sd15_cpu" --component gemm --tiny --reps 1 --cpu-matmul bf16 >/dev/null 2>&1 && bf16=1
 ours gemm --component gemm
+[ "$bf16" = 1 ] && ours gemm_bf16 --component gemm --cpu-matmul bf16
 rows="unet256:unet:32:2 unet512:unet:64:2 vae_dec:vae_dec:32:1 vae_enc:vae_enc:32:1 clip:clip:32:2 adapt:adapt:32:1"
 for row in $rows; do
   IFS=: read -r key component res batch <<< "$row"
   if [ "$quick" = 1 ] && [ "$key" = unet512 ]; then continue; fi
   ours "$key" --component "$component" --res "$res" --batch "$batch"
+  [ "$bf16" = 1 ] && ours "${key}_bf16" --component "$component" --res "$res" --batch "$batch" --cpu-matmul bf16
   if [ "$component" = adapt ]; then
     torch "$key" "$root/benchmarks/peer_adapt_bench.py" --res "$res"
   else
@@ -202,7 +210,7 @@ sec = lambda x: f"{x:.1f}" if x >= 10 else f"{x:.2f}" if x >= 1 else f"{x:.3g}"
 gb = lambda r: f"{r['rss_gb']:.2f} GB" if r else "-"
 
 def gflops(key):  # ours; the FLOPs of a model row are those PyTorch's harness counted on the same architecture
-    o, t = res.get((key, "ours")), res.get((key, "torch"))
+    o, t = res.get((key, "ours")), res.get((key.removesuffix("_bf16"), "torch"))
     if o and "gflops_achieved" in o:
         return o["gflops_achieved"]
     if o and t and t.get("gmac"):
@@ -218,10 +226,12 @@ print(f"- {threads} threads on both sides; seconds per call: median of {reps} ca
 print("| row | ours s | PyTorch s | ratio | our peak RSS | PyTorch peak RSS | our GFLOP/s | of peak |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
 ratio, frac = {}, {}
+rows = [r for key, name in rows for r in ((key, name), (key + "_bf16", name + ", ours with --cpu-matmul bf16"))]
 for key, name in rows:
-    o, t = res.get((key, "ours")), res.get((key, "torch"))
+    o, t = res.get((key, "ours")), res.get((key.removesuffix("_bf16"), "torch"))
     if (key, "ours") not in res:
-        print(f"| {name} | skipped (--quick) | | | | | | |")
+        if not key.endswith("_bf16"):
+            print(f"| {name} | skipped (--quick) | | | | | | |")
         continue
     if o and t:
         ratio[key] = o["median_s"] / t["median_s"]
@@ -235,6 +245,10 @@ for key, name in rows:
 r = lambda k: f"{ratio[k]:.2f}" if k in ratio else "-"
 p = lambda k: f"{frac[k]:.2f}" if k in frac else "-"
 print()
+if any(k.endswith("_bf16") for k in ratio):
+    print("bf16 ratios (ours with --cpu-matmul bf16 / PyTorch f32) " + " ".join(f"{k}={r(k + '_bf16')}" for k in
+          ("unet256", "unet512", "vae_dec", "vae_enc", "clip", "adapt")) + f" peak_unet={p('unet256_bf16')} "
+          f"peak_gemm={p('gemm_bf16')} (of the f32 FMA peak)")
 print("ratios " + " ".join(f"{k}={r(k)}" for k in ("unet256", "unet512", "vae_dec", "vae_enc", "clip", "adapt"))
       + f" peak_unet={p('unet256')} peak_gemm={p('gemm')}")
 EOF

@@ -11,6 +11,7 @@
 #include "adabldm/defect/imgproc.hpp"
 #include "adabldm/io/image.hpp"
 #include "adabldm/io/safetensors.hpp"
+#include "adabldm/ops/gemm_bf16.hpp"
 #include "poisoned_checkpoint.hpp"
 
 using namespace adabldm;
@@ -179,6 +180,25 @@ TEST_CASE("generate / train: --device and --dtype are checked; --device cuda run
   r = cli(gen_args(out) + " -n 1 --tf32");
   CHECK(r.code != 0);
   CHECK(r.err.find("--tf32 applies to --device cuda only") != std::string::npos);
+  r = cli(gen_args(out) + " -n 1 --cpu-matmul fp8");
+  CHECK(r.code != 0);
+  CHECK(r.err.find("--cpu-matmul fp8: expected f32 or bf16") != std::string::npos);
+  r = cli(gen_args(out) + " -n 1 --cpu-matmul bf16 --device cuda");
+  CHECK(r.code != 0);
+  CHECK(r.err.find("--cpu-matmul applies to --device cpu only") != std::string::npos);
+  // bfloat16 products: a sample, recorded in the manifest, on a CPU with AMX or AVX512-BF16; elsewhere one line.
+  r = cli(gen_args(out) + " -n 1 --cpu-matmul bf16");
+  if (adabldm::ops::detail::bf16_kernel() == adabldm::ops::detail::Bf16Kernel::none) {
+    CHECK(r.code != 0);
+    CHECK(r.err.find("--cpu-matmul bf16: this CPU has neither AMX nor AVX512-BF16") != std::string::npos);
+  } else {
+    CHECK(r.code == 0);
+    CHECK(fs::exists(out / "images" / "000000.png"));
+    const auto manifest = lines(out / "manifest.jsonl");
+    REQUIRE(manifest.size() == 1);
+    CHECK(manifest[0].find("\"cpu_matmul\":\"bf16\"") != std::string::npos);
+  }
+  fs::remove_all(out);
   r = cli("train --device cuda --dtype f16 --steps 1 --out x.safetensors");
   CHECK(r.code != 0);
   CHECK(r.err.find("--dtype f16: expected one of f32") != std::string::npos);  // training runs in f32

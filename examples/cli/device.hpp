@@ -1,11 +1,12 @@
 #pragma once
-// --device cpu|cuda, --dtype and --tf32 for the commands that run networks (generate, train, sample). The CUDA variants
+// --device cpu|cuda, --dtype, --tf32 and --cpu-matmul for the commands that run networks (generate, train, sample). The CUDA variants
 // live in cuda_commands.cu, compiled by nvcc and linked only when the CUDA backend is built (ADABLDM_CLI_CUDA).
 #include <algorithm>
 #include <string>
 #include <vector>
 
 #include <adabldm/core/error.hpp>
+#include <adabldm/ops/gemm_bf16.hpp>
 
 #include "args.hpp"
 
@@ -15,6 +16,7 @@ struct DeviceChoice {
   bool cuda = false;
   std::string dtype = "f32";  ///< the networks' storage type on the device
   bool tf32 = false;
+  std::string cpu_matmul = "f32";  ///< f32, or bf16: bfloat16 operands in the CPU's float products (ops/gemm_bf16.hpp)
 };
 
 /// cuda_dtypes: what the command supports on CUDA, its default first. The CPU runs in f32 only.
@@ -25,12 +27,20 @@ inline DeviceChoice parse_device(const Args& args, const std::vector<std::string
   check(device == "cpu" || device == "cuda", "--device ", device, ": expected cpu or cuda");
   d.cuda = device == "cuda";
   d.tf32 = args.flag("tf32");
+  d.cpu_matmul = args.get("cpu-matmul", "f32");
+  check(d.cpu_matmul == "f32" || d.cpu_matmul == "bf16", "--cpu-matmul ", d.cpu_matmul, ": expected f32 or bf16");
   if (!d.cuda) {
     d.dtype = args.get("dtype", "f32");
     check(d.dtype == "f32", "--dtype ", d.dtype, ": the CPU runs in f32 (other types need --device cuda)");
     check(!d.tf32, "--tf32 applies to --device cuda only");
+    if (d.cpu_matmul == "bf16") {
+      check(adabldm::ops::detail::bf16_kernel() != adabldm::ops::detail::Bf16Kernel::none,
+            "--cpu-matmul bf16: this CPU has neither AMX nor AVX512-BF16 (or adabldm was built without AVX-512)");
+      adabldm::ops::set_cpu_matmul_precision(adabldm::ops::MatmulPrecision::bf16);
+    }
     return d;
   }
+  check(d.cpu_matmul == "f32", "--cpu-matmul applies to --device cpu only (on cuda see --tf32 and --dtype)");
   d.dtype = args.get("dtype", cuda_dtypes.front());
   std::string allowed;
   for (const auto& t : cuda_dtypes) allowed += (allowed.empty() ? "" : ", ") + t;

@@ -80,6 +80,8 @@ inline const char* kUsage =
     "  --dtype f32|f16         storage of the UNet and trimap encoder (cpu: f32; cuda: default f16); the VAE\n"
     "                          and the decoder adaptation run in f32\n"
     "  --tf32                  cuda: allow TF32 tensor cores for f32 matrix products and convolutions\n"
+    "  --cpu-matmul f32|bf16   cpu: bf16 multiplies the float matrix products' operands in bfloat16 (float32 sums)\n"
+    "                          on CPUs with AMX or AVX512-BF16: several times faster, about 3 digits; default f32\n"
     "  --adapt-dtype f32|bf16  cuda: the decoder adaptation's compute type (bf16: mixed precision with f32 master\n"
     "                          weights and AdamW; default f32)\n"
     "  --contact-sheet         also write OUT/contact_sheet.png: OK image | generated | mask overlay, one row per\n"
@@ -123,7 +125,7 @@ inline Args generate_args(int argc, char** argv) {
   return Args(argc, argv, 2,
               {"model", "trimap-encoder", "config", "ok", "ng", "masks", "object", "defect", "prompt-template", "n",
                "out", "seed", "shard", "preset", "steps", "guidance", "size", "foreground", "adapt-steps", "device",
-               "adapt-lr", "adapt-last-blocks",
+               "cpu-matmul", "adapt-lr", "adapt-last-blocks",
                "dtype", "adapt-dtype", "min-fit-scale", "contact-rows", "control-scale", "foreground-recipe"},
               {"help", "no-adapt", "resume", "quiet", "translate-only", "tf32", "contact-sheet", "allow-non-finite",
                "keep-edges"});
@@ -370,6 +372,7 @@ int generate_on(const Args& args) {
                            {"adapt_steps", sample.adapted ? o.adaptation.steps : 0},
                            {"adapt_lr", o.adaptation.lr},
                            {"adapt_last_blocks", o.adaptation.last_blocks},
+                           {"cpu_matmul", adabldm::ops::cpu_matmul_precision() == adabldm::ops::MatmulPrecision::bf16 ? "bf16" : "f32"},
                            {"change", change_metrics(pipe.prepare_image(job_ok), sample.image, sample.mask)},
                            {"timings", sample.timings}};
     if (fg_mode != "all") {

@@ -42,6 +42,8 @@ inline const char* kUsage =
     "  --device cpu|cuda       where the networks run (default cpu; cuda needs a build with the CUDA backend)\n"
     "  --dtype f32|f16         cuda: storage of the UNet and ControlNet (default f16; the VAE runs in f32)\n"
     "  --tf32                  cuda: allow TF32 tensor cores for f32 matrix products and convolutions\n"
+    "  --cpu-matmul f32|bf16   cpu: bf16 multiplies the float matrix products' operands in bfloat16 (float32 sums)\n"
+    "                          on CPUs with AMX or AVX512-BF16: several times faster, about 3 digits; default f32\n"
     "  --quiet                 no progress output\n";
 
 inline adabldm::Tensor<float> read_control(const std::string& path, int64_t channels) {
@@ -61,7 +63,7 @@ inline Args sample_args(int argc, char** argv) {
   return Args(argc, argv, 2,
               {"model", "config", "trimap-encoder", "prompt", "negative", "control", "control-context",
                "control-scale", "steps", "guidance", "eta", "seed", "latents-in", "size", "out", "out-tensors",
-               "device", "dtype"},
+               "device", "cpu-matmul", "dtype"},
               {"help", "quiet", "tf32", "allow-non-finite"});
 }
 

@@ -52,13 +52,15 @@ inline const char* kUsage =
     "  --keep-edges            a defect touching its image's border is pasted flush with a border (quarter turns)\n"
     "  --device cpu|cuda       where training runs, in f32 (default cpu; cuda needs a build with the CUDA backend)\n"
     "  --tf32                  cuda: allow TF32 tensor cores for f32 matrix products and convolutions\n"
+    "  --cpu-matmul f32|bf16   cpu: bf16 multiplies the float matrix products' operands in bfloat16 (float32 sums)\n"
+    "                          on CPUs with AMX or AVX512-BF16: several times faster, about 3 digits; default f32\n"
     "  --quiet                 no progress output\n";
 }  // namespace train_detail
 
 inline Args train_args(int argc, char** argv) {
   return Args(argc, argv, 2,
               {"model", "config", "init", "ok", "ng", "masks", "object", "defect", "prompt-template", "steps", "out",
-               "batch", "accum", "lr", "seed", "save-every", "resume", "log", "size", "prompt-dropout", "device", "dtype",
+               "batch", "accum", "lr", "seed", "save-every", "resume", "log", "size", "prompt-dropout", "device", "cpu-matmul", "dtype",
                "min-fit-scale", "export"},
               {"help", "quiet", "anisotropic", "tf32", "allow-non-finite", "keep-edges"});
 }

@@ -101,7 +101,9 @@ inline bool& use_direct_conv3x3() {
 inline constexpr int64_t kDirectConvMaxInputs = 160;
 template <class T>
 bool is_direct3x3(int64_t inputs, int kh, int kw, const Conv2dParams& p) {
-  return std::is_same_v<T, float> && kHasDirectConv3x3 && use_direct_conv3x3() && inputs <= kDirectConvMaxInputs &&
+  // With bfloat16 products asked for (gemm_bf16.hpp), every convolution takes them: im2col + GEMM.
+  return std::is_same_v<T, float> && kHasDirectConv3x3 && use_direct_conv3x3() && !use_bf16_gemm() &&
+         inputs <= kDirectConvMaxInputs &&
          kh == 3 && kw == 3 &&
          p.stride == 1 && p.pad_top == 1 && p.pad_bottom == 1 && p.pad_left == 1 && p.pad_right == 1;
 }

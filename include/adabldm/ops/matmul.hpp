@@ -1,5 +1,6 @@
 #pragma once
-// Matrix products on the CPU: the gemm primitive (our AVX-512 SGEMM for float, gemm_avx512.hpp; else Eigen mapped
+// Matrix products on the CPU: the gemm primitive (our AVX-512 SGEMM for float, gemm_avx512.hpp, or bfloat16
+// products where asked, gemm_bf16.hpp; else Eigen mapped
 // over our buffers, no copies), matmul (2-D and batched) and linear (x W^T + b, PyTorch's nn.Linear layout), each with its backward kernels.
 #include <Eigen/Core>
 
@@ -7,6 +8,7 @@
 #include "adabldm/core/tensor.hpp"
 #include "adabldm/core/threads.hpp"
 #include "adabldm/ops/gemm_avx512.hpp"
+#include "adabldm/ops/gemm_bf16.hpp"
 
 namespace adabldm::ops {
 
@@ -47,7 +49,9 @@ template <class T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
           const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   constexpr int64_t kBlock = 256;
-  if constexpr (std::is_same_v<T, float> && detail::kHasOwnSgemm) {  // it splits the work over threads itself
+  if constexpr (std::is_same_v<T, float> && detail::kHasOwnSgemm) {  // they split the work over threads themselves
+    if (detail::use_bf16_gemm())  // asked for (cpu_matmul_precision) and the CPU has a kernel: gemm_bf16.hpp
+      return detail::sgemm_bf16_parallel(detail::bf16_kernel(), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     if (detail::use_own_sgemm())
       return detail::sgemm_avx512_parallel(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   }
