@@ -239,6 +239,27 @@ TEST_CASE("conv2d: k x k, stride, symmetric and asymmetric padding, 1x1 fast pat
   CHECK_THROWS_AS(ops::conv2d(randn({1, 3, 2, 2}), randn({4, 3, 3, 3}), T32{}, ops::Conv2dParams{}), ShapeError);
 }
 
+TEST_CASE("conv2d: a batch of small images in one GEMM, as each image alone") {
+  // 5 images of 6 x 5 with 3x3 (im2col side by side) and 1x1 (the inputs side by side), bias and none: the
+  // reference, and on our own SGEMM (sums in an order fixed by its K blocks) the bits of each image alone.
+  for (const int k : {3, 1}) {
+    const ops::Conv2dParams p = k == 3 ? ops::Conv2dParams::same(1) : ops::Conv2dParams{};
+    auto x = randn({5, 170, 6, 5}), w = randn({7, 170, k, k}), b = randn({7});  // 170 inputs: not the direct 3x3
+    int64_t Ho = 0, Wo = 0;
+    const auto ref = conv_ref(x, w, b, p, Ho, Wo);
+    const auto y = ops::conv2d(x, w, b, p);
+    CAPTURE(k);
+    CHECK(rel_err(y, ref) < 1e-5);
+    if (ops::detail::kHasOwnSgemm && ops::detail::use_own_sgemm())
+      for (int64_t n = 0; n < 5; ++n) {
+        const auto alone = ops::conv2d(x.slice(n, n + 1).contiguous(), w, b, p).to_vector();
+        const auto batch = y.slice(n, n + 1).contiguous().to_vector();
+        CHECK(alone == batch);
+      }
+    CHECK(rel_err(ops::conv2d(x, w, T32{}, p), conv_ref(x, w, T32::zeros({7}), p, Ho, Wo)) < 1e-5);
+  }
+}
+
 TEST_CASE("conv2d: large image uses several im2col bands") {
   // 64 channels x 9 x 200 columns x 4 bytes = 460 KB per output row: an 8 MB band holds ~18 rows of 100.
   auto x = randn({1, 64, 100, 200}), w = randn({3, 64, 3, 3}), b = randn({3});

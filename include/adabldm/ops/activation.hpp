@@ -1,6 +1,11 @@
 #pragma once
 // Element-wise activations (out-of-place and in-place `_` forms) and GEGLU, with their derivatives.
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
+
+#include <Eigen/Core>
+#include <unsupported/Eigen/SpecialFunctions>
 
 #include "adabldm/core/autograd_record.hpp"
 #include "adabldm/core/tensor.hpp"
@@ -58,6 +63,83 @@ inline T activation_derivative(Activation a, T x) noexcept {
   return T(1);
 }
 
+/// y[i] = activate(a, x[i]) for i < n (y may be x). For float and double the exponentials, erf and tanh are
+/// Eigen's vectorised ones (a few ulp; the scalar std:: calls they replace took a tenth of an SD UNet step).
+template <class T>
+void activate_span(Activation a, const T* x, T* y, int64_t n) {
+  if constexpr (std::is_floating_point_v<T>) {
+    using Arr = Eigen::Array<T, Eigen::Dynamic, 1>;
+    const Eigen::Map<const Arr> X(x, n);
+    Eigen::Map<Arr> Y(y, n);
+    switch (a) {
+      case Activation::SiLU: Y = X / (T(1) + (-X).exp()); return;
+      case Activation::GeluErf: Y = T(0.5) * X * (T(1) + (X * T(0.70710678118654752440)).erf()); return;
+      case Activation::GeluTanh: {
+        const T k = T(0.79788456080286535588);
+        Y = T(0.5) * X * (T(1) + (k * (X + T(0.044715) * X * X * X)).tanh());
+        return;
+      }
+      case Activation::QuickGelu: Y = X / (T(1) + (T(-1.702) * X).exp()); return;
+      case Activation::Tanh: Y = X.tanh(); return;
+      default: break;  // Identity, ReLU: the scalar loop vectorises by itself
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) y[i] = activate(a, x[i]);
+}
+
+/// d[i] = g[i] * activation_derivative(a, x[i]) for i < n (d may be x or g); vectorised as activate_span.
+template <class T>
+void activation_derivative_span(Activation a, const T* x, const T* g, T* d, int64_t n) {
+  if constexpr (std::is_floating_point_v<T>) {
+    using Arr = Eigen::Array<T, Eigen::Dynamic, 1>;
+    using Chunk = Eigen::Array<T, Eigen::Dynamic, 1, 0, 256, 1>;  // on the stack
+    if (a == Activation::GeluErf) {
+      const Eigen::Map<const Arr> X(x, n), G(g, n);
+      Eigen::Map<Arr>(d, n) = G * (T(0.5) * (T(1) + (X * T(0.70710678118654752440)).erf()) +
+                                   X * T(0.39894228040143267794) * (T(-0.5) * X * X).exp());  // 1/sqrt(2 pi)
+      return;
+    }
+    if (a == Activation::SiLU || a == Activation::QuickGelu || a == Activation::GeluTanh || a == Activation::Tanh) {
+      for (int64_t i0 = 0; i0 < n; i0 += 256) {
+        const int64_t m = std::min<int64_t>(256, n - i0);
+        const Eigen::Map<const Arr> X(x + i0, m), G(g + i0, m);
+        Eigen::Map<Arr> D(d + i0, m);
+        Chunk s(m);
+        switch (a) {
+          case Activation::SiLU:
+            s = (T(1) + (-X).exp()).inverse();
+            D = G * s * (T(1) + X * (T(1) - s));
+            break;
+          case Activation::QuickGelu:
+            s = (T(1) + (T(-1.702) * X).exp()).inverse();
+            D = G * (s + T(1.702) * X * s * (T(1) - s));
+            break;
+          case Activation::GeluTanh: {
+            const T k = T(0.79788456080286535588), c = T(0.044715);
+            s = (k * (X + c * X * X * X)).tanh();
+            D = G * (T(0.5) * (T(1) + s) + T(0.5) * X * (T(1) - s * s) * k * (T(1) + T(3) * c * X * X));
+            break;
+          }
+          default:  // Tanh
+            s = X.tanh();
+            D = G * (T(1) - s * s);
+        }
+      }
+      return;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) d[i] = g[i] * activation_derivative(a, x[i]);
+}
+
+namespace detail {
+/// fn(begin, count) over [0, n) in blocks of 4096 elements, in parallel.
+template <class F>
+void for_blocks(int64_t n, F&& fn) {
+  constexpr int64_t kBlock = 4096;
+  parallel_for((n + kBlock - 1) / kBlock, [&](int64_t b) { fn(b * kBlock, std::min(kBlock, n - b * kBlock)); }, 4);
+}
+}  // namespace detail
+
 /// Applies `a` to every element of x -> a new tensor.
 template <class T>
 Tensor<T, Cpu> activate(const Tensor<T, Cpu>& x_in, Activation a) {
@@ -65,13 +147,13 @@ Tensor<T, Cpu> activate(const Tensor<T, Cpu>& x_in, Activation a) {
   auto y = Tensor<T, Cpu>::empty(x.shape());
   const T* xp = x.data();
   T* yp = y.data();
-  parallel_for(x.numel(), [&](int64_t i) { yp[i] = activate(a, xp[i]); }, 1 << 14);
+  detail::for_blocks(x.numel(), [&](int64_t i, int64_t n) { activate_span(a, xp + i, yp + i, n); });
   if (autograd::should_record(x))
     autograd::record("activation", y, [sx = autograd::slot(x), x = x.detach(), a](const Tensor<T, Cpu>& g) {
       auto dx = Tensor<T, Cpu>::empty(x.shape());
       const T *xp = x.data(), *gp = g.data();
       T* dp = dx.data();
-      parallel_for(x.numel(), [&](int64_t i) { dp[i] = gp[i] * activation_derivative(a, xp[i]); }, 1 << 14);
+      detail::for_blocks(x.numel(), [&](int64_t i, int64_t n) { activation_derivative_span(a, xp + i, gp + i, dp + i, n); });
       sx.add(dx);
     });
   return y;
@@ -84,7 +166,7 @@ Tensor<T, Cpu>& activate_(Tensor<T, Cpu>& x, Activation a) {
   if (autograd::recording()) return x = activate(x, a);
   check<ShapeError>(x.is_contiguous(), "activation: in-place needs a contiguous tensor");
   T* p = x.data();
-  parallel_for(x.numel(), [&](int64_t i) { p[i] = activate(a, p[i]); }, 1 << 14);
+  detail::for_blocks(x.numel(), [&](int64_t i, int64_t n) { activate_span(a, p + i, p + i, n); });
   return x;
 }
 
@@ -108,8 +190,9 @@ Tensor<T, Cpu> geglu(const Tensor<T, Cpu>& x_in) {
   T* yp = y.data();
   parallel_for(rows, [&](int64_t r) {
     const T* h = xp + r * two_d;
-    const T* g = h + d;
-    for (int64_t i = 0; i < d; ++i) yp[r * d + i] = h[i] * activate(Activation::GeluErf, g[i]);
+    T* yr = yp + r * d;
+    activate_span(Activation::GeluErf, h + d, yr, d);
+    for (int64_t i = 0; i < d; ++i) yr[i] *= h[i];
   }, grain_for(d));
   if (autograd::should_record(x))
     autograd::record("geglu", y, [sx = autograd::slot(x), x = x.detach(), rows, d](const Tensor<T, Cpu>& gy) {
@@ -121,10 +204,12 @@ Tensor<T, Cpu> geglu(const Tensor<T, Cpu>& x_in) {
         const T* g = h + d;
         T* dh = dp + r * 2 * d;
         T* dg = dh + d;
+        const T* go = gp + r * d;
+        activate_span(Activation::GeluErf, g, dh, d);
+        activation_derivative_span(Activation::GeluErf, g, go, dg, d);
         for (int64_t i = 0; i < d; ++i) {
-          const T go = gp[r * d + i];
-          dh[i] = go * activate(Activation::GeluErf, g[i]);
-          dg[i] = go * h[i] * activation_derivative(Activation::GeluErf, g[i]);
+          dh[i] *= go[i];
+          dg[i] *= h[i];
         }
       }, grain_for(d));
       sx.add(dx);

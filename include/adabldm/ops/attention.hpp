@@ -77,7 +77,8 @@ Tensor<T, Cpu> attention_forward(const Tensor<T, Cpu>& q, const Tensor<T, Cpu>& 
             St(i, j) = -std::numeric_limits<T>::infinity();
       const Vec m_new = m.max(St.rowwise().maxCoeff().array());
       const Vec corr = (m - m_new).exp();
-      St = (St.array().colwise() - m_new).exp().matrix();
+      // Row by row: a contiguous row takes Eigen's vectorised exp (the broadcast form called std::exp per score).
+      for (int64_t i = 0; i < tq; ++i) St.row(i).array() = (St.row(i).array() - m_new(i)).exp();
       l = l * corr + St.rowwise().sum().array();
       O = corr.matrix().asDiagonal() * O;
       O.noalias() += St * V;
@@ -123,9 +124,9 @@ void attention_backward(const Tensor<T, Cpu>& dout, const Tensor<T, Cpu>& q, con
     P.resize(tq, tk);
     P.noalias() = scale * Q * K.transpose();
     for (int64_t i = 0; i < tq; ++i) {
-      const T row_lse = lp[(b * H + h) * Lq + q0 + i];
-      for (int64_t j = 0; j < tk; ++j)
-        P(i, j) = (p.causal && k0 + j > q0 + i) ? T(0) : std::exp(P(i, j) - row_lse);
+      P.row(i).array() = (P.row(i).array() - lp[(b * H + h) * Lq + q0 + i]).exp();
+      if (p.causal)
+        for (int64_t j = std::max<int64_t>(0, q0 + i + 1 - k0); j < tk; ++j) P(i, j) = T(0);
     }
   };
   // dS = P .* (dO V^T - delta) (in place of P).

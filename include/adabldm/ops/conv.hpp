@@ -26,15 +26,17 @@ inline int64_t conv_out_size(int64_t in, int k, int pad_lo, int pad_hi, int stri
   return (in + pad_lo + pad_hi - k) / stride + 1;
 }
 
-/// Writes the im2col matrix of output rows [oy0, oy1) of one image: col[(c*kh + ky)*kw + kx][(oy-oy0)*Wo + ox].
+/// Writes the im2col matrix of output rows [oy0, oy1) of one image: col[(c*kh + ky)*kw + kx][(oy-oy0)*Wo + ox],
+/// rows ld apart (0: packed, (oy1 - oy0) * Wo; larger when several images sit side by side).
 template <class T>
 void im2col_band(const T* x, int64_t C, int64_t H, int64_t W, int kh, int kw, const Conv2dParams& p, int64_t Wo,
-                 int64_t oy0, int64_t oy1, T* col) {
+                 int64_t oy0, int64_t oy1, T* col, int64_t ld = 0) {
   const int64_t cols = (oy1 - oy0) * Wo;
+  if (ld == 0) ld = cols;
   parallel_for(C * kh * kw, [&](int64_t row) {
     const int64_t c = row / (kh * kw);
     const int ky = static_cast<int>(row / kw % kh), kx = static_cast<int>(row % kw);
-    T* dst = col + row * cols;
+    T* dst = col + row * ld;
     const T* src = x + c * H * W;
     for (int64_t oy = oy0; oy < oy1; ++oy) {
       const int64_t iy = oy * p.stride - p.pad_top + ky;
@@ -114,11 +116,22 @@ inline bool is_pointwise(int kh, int kw, const Conv2dParams& p) {
 }
 /// Output rows per im2col band: about 2048 output positions per band (8 GEMM blocks of 256 columns, so the
 /// threads stay balanced), fewer when the column buffer would pass 32 MB.
+inline constexpr int64_t kBandPositions = 2048, kBandBytes = int64_t{32} << 20;
 template <class T>
 int64_t band_rows(int64_t Kdim, int64_t Wo, int64_t Ho) {
-  const int64_t by_width = (2048 + Wo - 1) / std::max<int64_t>(1, Wo);
-  const int64_t by_memory = (int64_t{32} << 20) / static_cast<int64_t>(sizeof(T)) / std::max<int64_t>(1, Kdim * Wo);
+  const int64_t by_width = (kBandPositions + Wo - 1) / std::max<int64_t>(1, Wo);
+  const int64_t by_memory = kBandBytes / static_cast<int64_t>(sizeof(T)) / std::max<int64_t>(1, Kdim * Wo);
   return std::clamp<int64_t>(std::min(by_width, by_memory), 1, Ho);
+}
+
+/// Images per GEMM in conv2d's forward: small images (a whole image in one band) go side by side in one product,
+/// up to the same band budget, so the weights are read once per group instead of once per image (at 256 px an
+/// SD UNet step streams its convolution weights from memory once instead of twice for CFG's batch of 2).
+template <class T>
+int64_t images_per_gemm(int64_t Kdim, int64_t HWo, int64_t N) {
+  const int64_t by_width = kBandPositions / std::max<int64_t>(1, HWo);
+  const int64_t by_memory = kBandBytes / static_cast<int64_t>(sizeof(T)) / std::max<int64_t>(1, Kdim * HWo);
+  return std::clamp<int64_t>(std::min(by_width, by_memory), 1, N);
 }
 }  // namespace detail
 
@@ -209,8 +222,35 @@ Tensor<T, Cpu> conv2d(const Tensor<T, Cpu>& x_in, const Tensor<T, Cpu>& weight_i
   } else {
     const bool pointwise = detail::is_pointwise(kh, kw, p);
     const int64_t band = detail::band_rows<T>(Kdim, Wo, Ho);
-    auto col = Tensor<T, Cpu>::empty({pointwise ? 0 : Kdim * band * Wo});
-    for (int64_t n = 0; n < N; ++n) {
+    const int64_t group = band == Ho ? detail::images_per_gemm<T>(Kdim, HWo, N) : 1;
+    if (group > 1) {
+      // Images [n0, n0 + g) side by side: col [Kdim, g * HWo] (for 1x1, the inputs themselves), one GEMM into
+      // tmp [O, g * HWo], then each image's block of columns to its place in out.
+      auto col = Tensor<T, Cpu>::empty({Kdim * group * HWo});
+      auto tmp = Tensor<T, Cpu>::empty({O * group * HWo});
+      for (int64_t n0 = 0; n0 < N; n0 += group) {
+        const int64_t g = std::min(group, N - n0), cols = g * HWo;
+        for (int64_t i = 0; i < g; ++i) {
+          const T* xi = x.data() + (n0 + i) * C * H * W;
+          if (pointwise)
+            parallel_for(C, [&](int64_t c) { std::copy(xi + c * HWo, xi + (c + 1) * HWo, col.data() + c * cols + i * HWo); },
+                         grain_for(HWo));
+          else
+            detail::im2col_band(xi, C, H, W, kh, kw, p, Wo, 0, Ho, col.data() + i * HWo, cols);
+        }
+        if (bias.defined())
+          for (int64_t o = 0; o < O; ++o) std::fill(tmp.data() + o * cols, tmp.data() + (o + 1) * cols, bias.data()[o]);
+        gemm<T>(false, false, O, cols, Kdim, T(1), w.data(), Kdim, col.data(), cols, bias.defined() ? T(1) : T(0),
+                tmp.data(), cols);
+        parallel_for(O, [&](int64_t o) {
+          for (int64_t i = 0; i < g; ++i)
+            std::copy(tmp.data() + o * cols + i * HWo, tmp.data() + o * cols + (i + 1) * HWo,
+                      out.data() + ((n0 + i) * O + o) * HWo);
+        }, grain_for(g * HWo));
+      }
+    }
+    auto col = Tensor<T, Cpu>::empty({pointwise || group > 1 ? 0 : Kdim * band * Wo});
+    for (int64_t n = 0; n < N && group == 1; ++n) {
       const T* xn = x.data() + n * C * H * W;
       T* on = out.data() + n * O * HWo;
       if (bias.defined())

@@ -85,7 +85,8 @@ void group_norm_backward(const Tensor<T, Cpu>& dy, const Tensor<T, Cpu>& x, int6
       const T* gs = gp + off + cc * spatial;
       T* ws = wp + off + cc * spatial;
       // dpre = dy * act'(the pre-activation); sums of dpre and dpre * xhat.
-      for (int64_t i = 0; i < spatial; ++i) ws[i] = gs[i] * activation_derivative(act, xs[i] * scale + shift);
+      for (int64_t i = 0; i < spatial; ++i) ws[i] = xs[i] * scale + shift;
+      activation_derivative_span(act, ws, gs, ws, spatial);
       using L = detail::LaneT<T>;
       const L m = static_cast<L>(mean), r = static_cast<L>(rstd);
       double s1 = 0, s2 = 0;
@@ -154,7 +155,8 @@ Tensor<T, Cpu> group_norm(const Tensor<T, Cpu>& x_in, int64_t groups, const Tens
       const T scale = static_cast<T>(rstd) * g, shift = b - static_cast<T>(mean * rstd) * g;
       const T* xs = xp + off + cc * spatial;
       T* ys = yp + off + cc * spatial;
-      for (int64_t i = 0; i < spatial; ++i) ys[i] = activate(act, xs[i] * scale + shift);
+      for (int64_t i = 0; i < spatial; ++i) ys[i] = xs[i] * scale + shift;
+      activate_span(act, ys, ys, spatial);
     }
   }, grain_for(4 * cpg * spatial));
   if (record) {
