@@ -34,6 +34,12 @@ for c in unet vae_dec vae_enc clip adapt gemm; do
   build/bin/bench_sd15_cpu --component "$c" --tiny --res 8 --reps 1 --threads 2 | cut -c1-150
 done
 build/bin/bench_sd15_cpu --component adapt --last-blocks 1 --tiny --res 8 --reps 1 --threads 2 | cut -c1-150
+# bf16 products where the CPU has AMX or AVX512-BF16 (exit 3 where it has neither, as compare_pytorch.sh expects).
+for c in unet adapt; do
+  rc=0
+  build/bin/bench_sd15_cpu --component "$c" --tiny --res 8 --reps 1 --threads 2 --cpu-matmul bf16 | cut -c1-150 || rc=$?
+  [ "$rc" = 0 ] || [ "$rc" = 3 ] || { echo "bench_sd15_cpu --cpu-matmul bf16 failed ($rc)"; exit 1; }
+done
 bash -n benchmarks/compare_pytorch.sh
 python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read())' benchmarks/peer_adapt_bench.py
 

@@ -239,12 +239,79 @@ TEST_CASE("conv2d: k x k, stride, symmetric and asymmetric padding, 1x1 fast pat
   CHECK_THROWS_AS(ops::conv2d(randn({1, 3, 2, 2}), randn({4, 3, 3, 3}), T32{}, ops::Conv2dParams{}), ShapeError);
 }
 
+TEST_CASE("exp_span: within 2 ulp of exp over the float range, inf / -inf / NaN / underflow at the edges") {
+  // Every 997th float of [-110, 90] by bit pattern (about 2 M values), then the special values.
+  std::vector<float> xs;
+  for (const float end : {-110.0f, 90.0f}) {
+    const uint32_t top = bit_cast<uint32_t>(end) & 0x7fffffffu;
+    for (uint32_t b = 0; b <= top; b += 997) xs.push_back(bit_cast<float>(b | (end < 0 ? 0x80000000u : 0u)));
+  }
+  const float inf = std::numeric_limits<float>::infinity();
+  xs.insert(xs.end(), {0.0f, -0.0f, 1.5f, -3.25f, 20.0f, inf, -inf, std::numeric_limits<float>::quiet_NaN()});
+  std::vector<float> ys(xs.size());
+  for (std::size_t n : {xs.size(), std::size_t{13}}) {  // a masked tail too: the last 13 values
+    const std::size_t first = xs.size() - n;
+    ops::detail::exp_span(xs.data() + first, ys.data() + first, static_cast<int64_t>(n));
+    double worst = 0;
+    for (std::size_t i = first; i < xs.size(); ++i) {
+      const double ref = std::exp(static_cast<double>(xs[i]));
+      if (std::isnan(xs[i])) {
+        CHECK(std::isnan(ys[i]));
+      } else if (ref > std::numeric_limits<float>::max()) {
+        CHECK(ys[i] == inf);
+      } else if (ref < std::numeric_limits<float>::min()) {  // denormal or 0
+        CHECK(ys[i] >= 0.0f);
+        CHECK(ys[i] < 2 * std::numeric_limits<float>::min());
+      } else {
+        const float rf = static_cast<float>(ref);
+        worst = std::max(worst, std::fabs(ys[i] - ref) / (std::nextafter(rf, inf) - rf));
+      }
+    }
+    CHECK(worst <= 2.0);
+    MESSAGE("exp_span: ", n, " values, worst ", worst, " ulp");
+  }
+  // a x + b, and in place
+  std::vector<float> v = {0.5f, -2.0f, 3.0f};
+  ops::detail::exp_span(v.data(), v.data(), 3, -1.5f, 0.25f);
+  for (int i = 0; i < 3; ++i)
+    CHECK(v[i] == doctest::Approx(std::exp(-1.5 * std::vector<double>{0.5, -2.0, 3.0}[i] + 0.25)).epsilon(1e-6));
+}
+
+TEST_CASE("activate_span / activation_derivative_span (float): the scalar functions over several chunks, in place") {
+  const int64_t n = 600;  // three chunks of 256, the last short
+  const auto x = randn({n}), g = randn({n});
+  for (const auto a : {ops::Activation::SiLU, ops::Activation::GeluErf, ops::Activation::GeluTanh,
+                       ops::Activation::QuickGelu, ops::Activation::Tanh, ops::Activation::ReLU}) {
+    CAPTURE(static_cast<int>(a));
+    std::vector<float> y(n), d(n), in_place(x.data(), x.data() + n), d_on_x(x.data(), x.data() + n),
+        d_on_g(g.data(), g.data() + n);
+    ops::activate_span(a, x.data(), y.data(), n);
+    ops::activate_span(a, in_place.data(), in_place.data(), n);
+    ops::activation_derivative_span(a, x.data(), g.data(), d.data(), n);
+    ops::activation_derivative_span(a, d_on_x.data(), g.data(), d_on_x.data(), n);  // d == x (GroupNorm's backward)
+    ops::activation_derivative_span(a, x.data(), d_on_g.data(), d_on_g.data(), n);  // d == g
+    double worst_y = 0, worst_d = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double xi = x.data()[i], gi = g.data()[i];
+      worst_y = std::max(worst_y, std::fabs(y[i] - ops::activate(a, xi)));
+      worst_d = std::max(worst_d, std::fabs(d[i] - gi * ops::activation_derivative(a, xi)));
+    }
+    CHECK(worst_y < 2e-6);
+    CHECK(worst_d < 2e-6 * 4);
+    CHECK(in_place == y);
+    CHECK(d_on_x == d);
+    CHECK(d_on_g == d);
+  }
+}
+
 TEST_CASE("conv2d: a batch of small images in one GEMM, as each image alone") {
-  // 5 images of 6 x 5 with 3x3 (im2col side by side) and 1x1 (the inputs side by side), bias and none: the
-  // reference, and on our own SGEMM (sums in an order fixed by its K blocks) the bits of each image alone.
-  for (const int k : {3, 1}) {
-    const ops::Conv2dParams p = k == 3 ? ops::Conv2dParams::same(1) : ops::Conv2dParams{};
-    auto x = randn({5, 170, 6, 5}), w = randn({7, 170, k, k}), b = randn({7});  // 170 inputs: not the direct 3x3
+  // 5 images of 6 x 5 (one group of 5) and of 24 x 25 (groups of 3 and 2: 2048 / 600 positions) with 3x3 (im2col
+  // side by side) and 1x1 (the inputs side by side), bias and none: the reference, and on our own SGEMM (sums in an
+  // order fixed by its K blocks) the bits of each image alone.
+  for (const int k : {3, 1, -3}) {
+    const ops::Conv2dParams p = k != 1 ? ops::Conv2dParams::same(1) : ops::Conv2dParams{};
+    const int64_t H = k < 0 ? 24 : 6, W = k < 0 ? 25 : 5, kk = k < 0 ? 3 : k;
+    auto x = randn({5, 170, H, W}), w = randn({7, 170, kk, kk}), b = randn({7});  // 170 inputs: not the direct 3x3
     int64_t Ho = 0, Wo = 0;
     const auto ref = conv_ref(x, w, b, p, Ho, Wo);
     const auto y = ops::conv2d(x, w, b, p);

@@ -27,20 +27,26 @@ inline DeviceChoice parse_device(const Args& args, const std::vector<std::string
   check(device == "cpu" || device == "cuda", "--device ", device, ": expected cpu or cuda");
   d.cuda = device == "cuda";
   d.tf32 = args.flag("tf32");
-  d.cpu_matmul = args.get("cpu-matmul", "f32");
+  // The flag, else the environment's default (ADABLDM_CPU_MATMUL=bf16); either way the setting the run uses.
+  namespace ops = adabldm::ops;
+  const bool env_bf16 = ops::cpu_matmul_precision() == ops::MatmulPrecision::bf16;
+  d.cpu_matmul = args.get("cpu-matmul", env_bf16 ? "bf16" : "f32");
   check(d.cpu_matmul == "f32" || d.cpu_matmul == "bf16", "--cpu-matmul ", d.cpu_matmul, ": expected f32 or bf16");
+  if (d.cuda) {
+    check(!args.has("cpu-matmul") || d.cpu_matmul == "f32",
+          "--cpu-matmul applies to --device cpu only (on cuda see --tf32 and --dtype)");
+    d.cpu_matmul = "f32";
+  }
+  check(d.cpu_matmul == "f32" || ops::detail::bf16_kernel() != ops::detail::Bf16Kernel::none,
+        args.has("cpu-matmul") ? "--cpu-matmul bf16" : "ADABLDM_CPU_MATMUL=bf16",
+        ": this CPU has neither AMX nor AVX512-BF16 (or adabldm was built without AVX-512)");
+  ops::set_cpu_matmul_precision(d.cpu_matmul == "bf16" ? ops::MatmulPrecision::bf16 : ops::MatmulPrecision::f32);
   if (!d.cuda) {
     d.dtype = args.get("dtype", "f32");
     check(d.dtype == "f32", "--dtype ", d.dtype, ": the CPU runs in f32 (other types need --device cuda)");
     check(!d.tf32, "--tf32 applies to --device cuda only");
-    if (d.cpu_matmul == "bf16") {
-      check(adabldm::ops::detail::bf16_kernel() != adabldm::ops::detail::Bf16Kernel::none,
-            "--cpu-matmul bf16: this CPU has neither AMX nor AVX512-BF16 (or adabldm was built without AVX-512)");
-      adabldm::ops::set_cpu_matmul_precision(adabldm::ops::MatmulPrecision::bf16);
-    }
     return d;
   }
-  check(d.cpu_matmul == "f32", "--cpu-matmul applies to --device cpu only (on cuda see --tf32 and --dtype)");
   d.dtype = args.get("dtype", cuda_dtypes.front());
   std::string allowed;
   for (const auto& t : cuda_dtypes) allowed += (allowed.empty() ? "" : ", ") + t;

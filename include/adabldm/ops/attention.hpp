@@ -14,6 +14,7 @@
 #include "adabldm/core/autograd_record.hpp"
 #include "adabldm/core/tensor.hpp"
 #include "adabldm/core/threads.hpp"
+#include "adabldm/ops/vec_exp.hpp"
 
 namespace adabldm::ops {
 
@@ -31,6 +32,14 @@ struct AttentionTypes {
   using OMap = Eigen::Map<Mat, Eigen::Unaligned, Eigen::OuterStride<>>;
   using Vec = Eigen::Array<T, Eigen::Dynamic, 1>;
 };
+
+/// row[j] = exp(row[j] + shift) for j < n.
+template <class T>
+void exp_row(T* row, int64_t n, T shift) {
+  if constexpr (std::is_same_v<T, float>) exp_span(row, row, n, 1.0f, shift);
+  else
+    for (int64_t j = 0; j < n; ++j) row[j] = std::exp(row[j] + shift);
+}
 
 template <class T>
 T attention_scale(const AttentionParams& p, int64_t head_dim) {
@@ -77,8 +86,8 @@ Tensor<T, Cpu> attention_forward(const Tensor<T, Cpu>& q, const Tensor<T, Cpu>& 
             St(i, j) = -std::numeric_limits<T>::infinity();
       const Vec m_new = m.max(St.rowwise().maxCoeff().array());
       const Vec corr = (m - m_new).exp();
-      // Row by row: a contiguous row takes Eigen's vectorised exp (the broadcast form called std::exp per score).
-      for (int64_t i = 0; i < tq; ++i) St.row(i).array() = (St.row(i).array() - m_new(i)).exp();
+      // Row by row, vectorised (the broadcast form called std::exp per score).
+      for (int64_t i = 0; i < tq; ++i) exp_row(&St(i, 0), tk, -m_new(i));
       l = l * corr + St.rowwise().sum().array();
       O = corr.matrix().asDiagonal() * O;
       O.noalias() += St * V;
@@ -124,7 +133,7 @@ void attention_backward(const Tensor<T, Cpu>& dout, const Tensor<T, Cpu>& q, con
     P.resize(tq, tk);
     P.noalias() = scale * Q * K.transpose();
     for (int64_t i = 0; i < tq; ++i) {
-      P.row(i).array() = (P.row(i).array() - lp[(b * H + h) * Lq + q0 + i]).exp();
+      detail::exp_row(&P(i, 0), tk, -lp[(b * H + h) * Lq + q0 + i]);
       if (p.causal)
         for (int64_t j = std::max<int64_t>(0, q0 + i + 1 - k0); j < tk; ++j) P(i, j) = T(0);
     }

@@ -131,7 +131,7 @@ template <class T>
 int64_t images_per_gemm(int64_t Kdim, int64_t HWo, int64_t N) {
   const int64_t by_width = kBandPositions / std::max<int64_t>(1, HWo);
   const int64_t by_memory = kBandBytes / static_cast<int64_t>(sizeof(T)) / std::max<int64_t>(1, Kdim * HWo);
-  return std::clamp<int64_t>(std::min(by_width, by_memory), 1, N);
+  return std::max<int64_t>(1, std::min({by_width, by_memory, N}));
 }
 }  // namespace detail
 

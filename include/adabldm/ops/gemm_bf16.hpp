@@ -20,10 +20,13 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "adabldm/core/error.hpp"
 #include "adabldm/core/threads.hpp"
 #include "adabldm/ops/gemm_avx512.hpp"
 
-#if defined(ADABLDM_OWN_SGEMM) && (defined(__GNUC__) || defined(__clang__))
+// AMX intrinsics and target attributes need GCC >= 11 or clang >= 12 on x86-64; older compilers keep float32.
+#if defined(ADABLDM_OWN_SGEMM) && defined(__x86_64__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
 #include <cpuid.h>
 #if defined(__linux__)
 #include <sys/syscall.h>
@@ -36,10 +39,12 @@
 namespace adabldm::ops {
 
 /// The precision of float matrix products on the CPU: exact float32 (the default), or bfloat16 operands with
-/// float32 sums where the CPU has AMX or AVX512-BF16 (about 3 significant digits per operand).
+/// float32 sums where the CPU has AMX or AVX512-BF16 (8 significant bits per operand, 2-3 decimal digits; the
+/// hardware's conversion and products treat denormal floats as zero).
 enum class MatmulPrecision { f32, bf16 };
 
-/// The process-wide setting (from ADABLDM_CPU_MATMUL=bf16|f32 at first use).
+/// The process-wide setting (from ADABLDM_CPU_MATMUL=bf16 at first use; any other value means f32). Set it before
+/// starting work on other threads: it is read, not synchronised, by every product.
 inline MatmulPrecision& cpu_matmul_precision() {
   static MatmulPrecision p = [] {
     const char* e = std::getenv("ADABLDM_CPU_MATMUL");
@@ -217,6 +222,8 @@ struct alignas(64) TileConfig {
 
 /// tile = A panel (32 rows, kcp apart) x B panel (kcp / 2 pairs of 32 columns), on AMX.
 ADABLDM_TARGET_AMX inline void kernel_amx(int64_t kcp, const uint16_t* a, const uint16_t* b, float* tile) {
+  // GCC's _tile_loadd is an asm without a memory clobber: the packing's stores must not move past it.
+  asm volatile("" ::: "memory");
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -339,8 +346,19 @@ inline void sgemm_bf16_parallel(Bf16Kernel kernel, bool trans_a, bool trans_b, i
   }
 }
 #else
+// No bfloat16 kernel in this build: bf16_kernel() is always none, so nothing calls these; a caller that forces a
+// kernel gets an error, not an untouched C.
+[[noreturn]] inline void no_bf16_gemm() {
+  throw Error("bf16 GEMM: this build has no bfloat16 kernel (it needs AVX-512, x86-64 and GCC >= 11 or clang >= 12)");
+}
+inline void sgemm_bf16(Bf16Kernel, bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
+                       int64_t, float, float*, int64_t) {
+  no_bf16_gemm();
+}
 inline void sgemm_bf16_parallel(Bf16Kernel, bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
-                                const float*, int64_t, float, float*, int64_t) {}
+                                const float*, int64_t, float, float*, int64_t) {
+  no_bf16_gemm();
+}
 #endif
 
 /// Whether ops::gemm<float> takes the bfloat16 path now (asked for, and the CPU has a kernel).
