@@ -37,13 +37,20 @@ constexpr int kMR = 12, kNR = 32;
 struct Blocking {
   int64_t kc, mc, nc;
 };
+/// The L1 data and L2 cache sizes in bytes, as sysconf reports them (32 KB and 1 MB when it does not say).
+struct CacheSizes {
+  long l1, l2;
+};
+inline CacheSizes cache_sizes() {
+  auto cache = [](int name, long fallback) {
+    const long v = sysconf(name);
+    return v > 0 ? v : fallback;
+  };
+  return {cache(_SC_LEVEL1_DCACHE_SIZE, 32 * 1024), cache(_SC_LEVEL2_CACHE_SIZE, 1024 * 1024)};
+}
 inline Blocking blocking() {
   static const Blocking b = [] {
-    auto cache = [](int name, long fallback) {
-      const long v = sysconf(name);
-      return v > 0 ? v : fallback;
-    };
-    const long l1 = cache(_SC_LEVEL1_DCACHE_SIZE, 32 * 1024), l2 = cache(_SC_LEVEL2_CACHE_SIZE, 1024 * 1024);
+    const auto [l1, l2] = cache_sizes();
     Blocking r;
     r.kc = std::clamp<int64_t>((l1 * 2 / 3) / (kNR * 4) / 16 * 16, 64, 512);
     r.mc = std::clamp<int64_t>((l2 / 2) / (r.kc * 4) / kMR * kMR, kMR, 1200);

@@ -93,17 +93,11 @@ inline Bf16Kernel& bf16_kernel() {
 namespace bgemm {
 constexpr int kMR = 32, kNR = 32, kKStep = 32;
 
-struct Blocking {
-  int64_t kc, mc, nc;
-};
+using sgemm::Blocking;
 /// KC: B's 32-column panel (2 bytes a value) in two thirds of L1; MC: A's block in half of L2 (sysconf).
 inline Blocking blocking() {
   static const Blocking b = [] {
-    auto cache = [](int name, long fallback) {
-      const long v = sysconf(name);
-      return v > 0 ? v : fallback;
-    };
-    const long l1 = cache(_SC_LEVEL1_DCACHE_SIZE, 32 * 1024), l2 = cache(_SC_LEVEL2_CACHE_SIZE, 1024 * 1024);
+    const auto [l1, l2] = sgemm::cache_sizes();
     Blocking r;
     r.kc = std::clamp<int64_t>((l1 * 2 / 3) / (kNR * 2) / kKStep * kKStep, 64, 1024);
     r.mc = std::clamp<int64_t>((l2 / 2) / (r.kc * 2) / kMR * kMR, kMR, 2048);
