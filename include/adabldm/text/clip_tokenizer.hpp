@@ -49,7 +49,7 @@ class ClipTokenizer {
 
   static constexpr std::size_t kMerges = 49152 - 256 - 2;  ///< merges SimpleTokenizer reads: 48894
   static constexpr std::size_t kMaxCacheEntries = 1 << 16;  ///< the BPE cache is cleared when it grows past this
-  static constexpr std::size_t kMaxMergesBytes = 64u << 20;  ///< the most a merges .gz may inflate to
+  static constexpr std::size_t kMaxMergesBytes = 16u << 20;  ///< the most a merges .gz may inflate to (CLIP's: 3.2 MB)
   static constexpr std::size_t kMaxIdGap = 1u << 16;  ///< vocab.json ids may exceed the token count by this much
 
   /// OpenAI's gzip'ed merges file: a version line, then one "left right" merge per line; the first 48894
@@ -492,7 +492,7 @@ class ClipTokenizer {
       if (out.size() > kMaxMergesBytes) {  // a gzip bomb: a few kilobytes can inflate to gigabytes
         inflateEnd(&zs);
         throw FormatError(adabldm::detail::concat(path, ": inflates to more than ", kMaxMergesBytes >> 20,
-                                                  " MB (a CLIP merges file has 1.4 MB)"));
+                                                  " MB (CLIP's merges file inflates to 3.2 MB)"));
       }
     }
     const std::string why = zs.msg ? zs.msg : "";
