@@ -7,7 +7,8 @@
 #                                                                                          OUT/<type>/generated/
 #   3. evaluate real / croppaste / adabldm with the same detector, schedule and seeds      OUT/<type>/results.md
 # Every step resumes: rerun the same command after a stop and it continues where it was (the trimap training from
-# its checkpoint, generate with --resume, evaluate reusing finished detectors). Times per step go to OUT/times.csv.
+# its checkpoint, generate with --resume, evaluate reusing finished detectors). Times per step go to OUT/times.csv;
+# at the end OUT/summary.md holds every type measured under OUT, per type and averaged (benchmarks/ad_gain_table.py).
 #
 # usage: benchmarks/ad_gain.sh ROOT [--types crack,blowhole] [--out DIR] [--model M] [--device cuda] [-n N]
 #                                   [--trimap-steps S] [--detector-steps S] [--detector-lr LR]
@@ -84,3 +85,5 @@ for t in "${type_list[@]}"; do
     --pos-weight "$detector_pos_weight" --out "$dir"
   cat "$dir/results.md"
 done
+# Every type measured so far under OUT, per type and averaged (docs/evaluation.md's table).
+python3 "$here/benchmarks/ad_gain_table.py" "$out" | tee "$out/summary.md"

@@ -5,7 +5,7 @@
 // component's), timed as ../shared/peer-bench/peer_torch_bench.py times PyTorch: one warm-up call, then --reps
 // calls, the median; prints one line `RESULT {json}` in that script's format:
 //   bench_sd15_cpu --component unet|vae_dec|vae_enc|clip|adapt|gemm [--res 32] [--batch 1] [--reps 3]
-//                  [--threads N] [--tiny] [--last-blocks K] [--eigen-gemm] [--cpu-matmul f32|bf16]
+//                  [--threads N] [--tiny] [--last-blocks K] [--eigen-gemm] [--cpu-matmul f32|bf16] [--no-freeze]
 //   unet     UNet step on [batch, 4, res, res] with a [batch, 77, 768] context (CFG's batch 2 is --batch 2)
 //   vae_dec  vae.decode of [batch, 4, res, res]; vae_enc: vae.encode(...).mean of [batch, 3, 8 res, 8 res]
 //   clip     CLIP-L text encoder on [batch, 77] token ids
@@ -17,7 +17,9 @@
 // --tiny swaps in small models of the same architectures (and a 64^3 GEMM): a smoke run for CI, never timed.
 // --eigen-gemm: float matrix products through Eigen instead of our AVX-512 SGEMM (ops/gemm_avx512.hpp), for A/B runs.
 // --cpu-matmul bf16: float matrix products with bfloat16 operands (ops/gemm_bf16.hpp: AMX or AVX512-BF16); refused
-// where the CPU has neither, so a table never shows float32 times under a bf16 label.
+// where the CPU has neither, so a table never shows float32 times under a bf16 label. unet, vae_* and clip then run
+// with their weights frozen (ops::FrozenWeights: packed in bfloat16 once, in the warm-up call, as sampling does);
+// --no-freeze converts them at every product instead.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -65,6 +67,7 @@ struct ComponentArgs {
   int reps = 3;
   bool tiny = false;
   int last_blocks = 0;  // adapt: 0 = the whole decoder trains
+  bool freeze = true;   // bf16: the inference components' weights packed once (ops::FrozenWeights), as sampling does
 };
 
 /// The SD1.5 VAE layout (or a small one of the same architecture with --tiny).
@@ -119,6 +122,13 @@ void run_component(const ComponentArgs& a, int64_t params, double build_s, const
   std::fflush(stdout);
 }
 
+/// With bf16 products, a model that only runs forward has its weights packed once, in the warm-up call, as the
+/// sampler does for its 50 steps (ops::FrozenWeights); --no-freeze packs them at every product instead.
+template <class M>
+ops::FrozenWeights frozen_weights(const ComponentArgs& a, const M& model) {
+  return a.freeze && ops::detail::use_bf16_gemm() ? nn::freeze_weights(model) : ops::FrozenWeights();
+}
+
 int component_main(const ComponentArgs& a) {
   const auto t_build = std::chrono::steady_clock::now();
   const auto built = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t_build).count(); };
@@ -139,10 +149,12 @@ int component_main(const ComponentArgs& a) {
     models::UNet2DConditionModel<float> unet{uc};
     randomise(unet, 1);
     const auto z = rng.normal({B, 4, s, s}), ctx = rng.normal({B, 77, uc.cross_attention_dim});
+    const auto frozen = frozen_weights(a, unet);
     run_component(a, parameter_count(unet), built(), [&] { (void)unet(z, {500.0f}, ctx); });
   } else if (a.component == "vae_dec" || a.component == "vae_enc") {
     models::AutoencoderKL<float> vae(vae_config(a.tiny));
     randomise(vae, 2);
+    const auto frozen = frozen_weights(a, vae);
     const int64_t f = vae.downscale();
     if (a.component == "vae_dec") {
       const auto z = rng.normal({B, 4, s, s});
@@ -156,6 +168,7 @@ int component_main(const ComponentArgs& a) {
     if (a.tiny) cc.hidden_size = 32, cc.intermediate_size = 64, cc.num_hidden_layers = 2, cc.num_attention_heads = 4;
     models::ClipTextModel<float> clip(cc);
     randomise(clip, 3);
+    const auto frozen = frozen_weights(a, clip);
     auto ids = Tensor<int64_t>::empty({B, 77});
     for (int64_t i = 0; i < ids.numel(); ++i) ids.data()[i] = rng.uniform_int(0, cc.vocab_size - 1);
     run_component(a, parameter_count(clip), built(), [&] { (void)clip(ids); });
@@ -298,6 +311,7 @@ int main(int argc, char** argv) {
     else if (arg == "--threads") set_num_threads(std::max(1, std::atoi(value())));
     else if (arg == "--tiny") a.tiny = true;
     else if (arg == "--last-blocks") a.last_blocks = std::atoi(value());
+    else if (arg == "--no-freeze") a.freeze = false;
     else if (arg == "--eigen-gemm") ops::detail::use_own_sgemm() = false;
     else if (arg == "--cpu-matmul") {
       const std::string p = value();

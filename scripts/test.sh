@@ -42,6 +42,22 @@ for c in unet adapt; do
 done
 bash -n benchmarks/compare_pytorch.sh
 python3 -c 'import ast, sys; ast.parse(open(sys.argv[1]).read())' benchmarks/peer_adapt_bench.py
+bash -n benchmarks/ad_gain.sh
+# ad_gain.sh's cross-type table on two made-up types: mean +- std per type, a partial type marked and left out of
+# the mean over types.
+t=$(mktemp -d)
+python3 - "$t" <<'PY'
+import json, os, sys
+def run(c, s, ap): return {"condition": c, "seed": s, "metrics": {k: ap for k in ("pixel_ap", "iap", "iap90", "pixel_f1_max", "pro", "pixel_auroc", "image_auroc", "image_ap")}}
+for ty, runs in {"a": [run("real", 0, 0.1), run("real", 1, 0.3)], "b": [run("real", 0, 0.9)]}.items():
+    os.makedirs(os.path.join(sys.argv[1], ty))
+    json.dump({"seeds": [0, 1], "runs": runs}, open(os.path.join(sys.argv[1], ty, "results.json"), "w"))
+PY
+python3 benchmarks/ad_gain_table.py "$t" > "$t/table.md"
+grep -q '^| a | (a) real | 2 | 0.200 ± 0.141 |' "$t/table.md" && grep -q '^| b | (a) real | 1 (of 2) | 0.900 ± 0.000 |' "$t/table.md" \
+  && grep -q '^| \*\*mean of 1 type(s)\*\* (a) | (a) real | | 0.200 |' "$t/table.md" \
+  || { echo "ad_gain_table.py: unexpected table"; cat "$t/table.md"; exit 1; }
+rm -rf "$t"
 
 step "file-format tests under AddressSanitizer + UBSan"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DADABLDM_SANITIZE=ON -DADABLDM_CUDA=OFF \

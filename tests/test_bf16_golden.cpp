@@ -43,8 +43,19 @@ TEST_CASE("bf16 golden: UNet noise prediction") {
   nn::load_state_dict(unet, io::SafeTensors::open(golden::path("unet/model.safetensors")).state_dict());
   const auto io = io::SafeTensors::open(golden::path("unet/io.safetensors"));
   const auto t = io.get<float>("timestep").to_vector();
-  compare_bf16("unet noise_pred", [&] { return unet(io.get<float>("sample"), t, io.get<float>("encoder_hidden_states")); },
-               io.get<float>("noise_pred"));
+  const auto run = [&] { return unet(io.get<float>("sample"), t, io.get<float>("encoder_hidden_states")); };
+  compare_bf16("unet noise_pred", run, io.get<float>("noise_pred"));
+  // As the sampler runs it: the weights frozen (packed in bfloat16 once, ops::FrozenWeights), the same bits.
+  const auto saved = ops::cpu_matmul_precision();
+  ops::set_cpu_matmul_precision(ops::MatmulPrecision::bf16);
+  const auto plain = run().to_vector();
+  {
+    const auto frozen = nn::freeze_weights(unet);
+    CHECK(frozen.size() > 0);
+    CHECK(run().to_vector() == plain);
+    CHECK(run().to_vector() == plain);
+  }
+  ops::set_cpu_matmul_precision(saved);
 }
 
 TEST_CASE("bf16 golden: AutoencoderKL encode and decode") {

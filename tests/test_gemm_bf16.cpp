@@ -148,3 +148,62 @@ TEST_CASE("bf16 gemm: through ops::gemm only when asked; the same bits on 1 and 
   ops::set_cpu_matmul_precision(saved_precision);
   set_num_threads(threads);
 }
+
+TEST_CASE("bf16 gemm: frozen weights are packed once and give the same bits, as either operand, on any split") {
+  const auto kernels = kernels_here();
+  if (kernels.empty()) {
+    MESSAGE("no AMX / AVX512-BF16 here: frozen weights change nothing to check");
+    return;
+  }
+  Rng rng(8);
+  const int threads = num_threads();
+  const auto saved_precision = ops::cpu_matmul_precision();
+  const Bf16Kernel saved_kernel = ops::detail::bf16_kernel();
+  ops::set_cpu_matmul_precision(ops::MatmulPrecision::bf16);
+  // Slices of rows and of columns on 2 threads, and a product small enough for one; K across the K block.
+  const std::vector<std::array<int64_t, 3>> shapes = {{301, 259, 530}, {131, 397, 530}, {45, 70, 33}};
+  int cases = 0;
+  for (const Bf16Kernel kernel : kernels) {
+    ops::detail::bf16_kernel() = kernel;
+    for (const auto& [M, N, K] : shapes)
+      for (int layout = 0; layout < 4; ++layout)
+        for (const bool weight_is_b : {false, true}) {
+          const bool ta = layout & 1, tb = layout & 2;
+          const int64_t lda = ta ? M : K, ldb = tb ? K : N;
+          auto a = rng.normal({M * K}), b = rng.normal({K * N});
+          auto product = [&](int nthreads) {
+            set_num_threads(nthreads);
+            auto c = Tensor<float>::empty({M * N});
+            ops::gemm<float>(ta, tb, M, N, K, 1.0f, a.data(), lda, b.data(), ldb, 0.0f, c.data(), N);
+            return c.to_vector();
+          };
+          const auto one = product(1), two = product(2);
+          Tensor<float> weight = weight_is_b ? b : a;
+          CAPTURE(M);
+          CAPTURE(layout);
+          CAPTURE(weight_is_b);
+          {
+            ops::FrozenWeights outer({weight});
+            {
+              ops::FrozenWeights inner({weight});  // scopes nest: the weight stays frozen until the last one ends
+              CHECK(product(2) == two);
+              CHECK(product(1) == one);
+            }
+            // Packed once: a change made inside the scope is not seen (the documented contract)...
+            const float saved = weight.data()[0];
+            weight.data()[0] = saved + 1000.0f;
+            CHECK(product(2) == two);
+            CHECK(product(1) == one);
+            weight.data()[0] = saved;
+          }
+          // ...and it is seen once the scope has ended.
+          weight.data()[0] += 1000.0f;
+          CHECK(product(2) != two);
+          ++cases;
+        }
+  }
+  CHECK(cases == static_cast<int>(kernels.size() * shapes.size()) * 8);
+  ops::detail::bf16_kernel() = saved_kernel;
+  ops::set_cpu_matmul_precision(saved_precision);
+  set_num_threads(threads);
+}

@@ -65,6 +65,30 @@ TEST_CASE("same seed, same bytes; different seeds differ") {
   CHECK(plain.image.to_vector() != a.image.to_vector());
 }
 
+TEST_CASE("bf16 products: the weights packed once per sample give the same latent as packed at every product") {
+  if (ops::detail::bf16_kernel() == ops::detail::Bf16Kernel::none) {
+    MESSAGE("no AMX / AVX512-BF16 here: nothing to compare");
+    return;
+  }
+  auto& p = tiny();
+  auto& o = p.options();
+  const auto saved = ops::cpu_matmul_precision();
+  ops::set_cpu_matmul_precision(ops::MatmulPrecision::bf16);
+  o.adapt = false;
+  const auto once = p.generate(job(7));
+  o.pack_weights_once = false;
+  const auto every = p.generate(job(7));
+  o.pack_weights_once = true;
+  o.adapt = true;
+  ops::set_cpu_matmul_precision(saved);
+  CHECK(once.latent.to_vector() == every.latent.to_vector());
+  // ...and bf16 really ran: the float32 latent differs.
+  o.adapt = false;
+  const auto f32 = p.generate(job(7));
+  o.adapt = true;
+  CHECK(f32.latent.to_vector() != once.latent.to_vector());
+}
+
 TEST_CASE("the device-generic path with a non-identity storage type (double) follows the float pipeline") {
   // Pipeline<T, Dev> converts the networks (nn::convert), moves every input to the networks' type (upload_as)
   // and their outputs back to host float (download_as), as on a GPU; on the CPU in float those are identities.

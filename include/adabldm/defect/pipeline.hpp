@@ -18,6 +18,8 @@
 #include "adabldm/defect/foreground_fit.hpp"
 #include "adabldm/defect/mask_synthesis.hpp"
 #include "adabldm/defect/trimap.hpp"
+#include "adabldm/nn/module.hpp"
+#include "adabldm/ops/matmul.hpp"
 #include "adabldm/sampling/stable_diffusion.hpp"
 #include "adabldm/sampling/stages.hpp"
 
@@ -67,6 +69,10 @@ struct PipelineOptions {
   /// The adaptation's forward and backward in bfloat16 with float master weights and AdamW (mixed precision:
   /// a GPU's tensor cores at twice TF32's rate). Devices only: the CPU has no bfloat16 gradients.
   bool adapt_in_bf16 = false;
+  /// With bfloat16 products on the CPU (ops::set_cpu_matmul_precision), the UNet's and trimap encoder's weights are
+  /// converted and packed once per sample instead of at every product (ops::FrozenWeights): a sampler step about
+  /// 30 % faster, for half their float32 size in memory while sampling (SD1.5: 1.7 + 0.7 GB). Off: no extra memory.
+  bool pack_weights_once = true;
   /// Builds the stage list instead of the preset (your own composition); it gets the step count and the
   /// blend inputs (OK image and latent, masks, VAE codec).
   std::function<sampling::StageList(int steps, const sampling::BlendInputs&)> stage_builder;
@@ -213,6 +219,10 @@ class Pipeline {
     const auto stages = options_.stage_builder ? options_.stage_builder(options_.steps, in)
                                                : sampling::make_stages(options_.preset, options_.steps, in);
     const auto z_T = rng.normal<float>({1, unet_.config.in_channels, S / f, S / f});
+    // With bfloat16 products on the CPU, the two networks' weights are packed once for the whole loop.
+    const bool freeze = options_.pack_weights_once && ops::detail::use_bf16_gemm();
+    const auto frozen_unet = freeze ? nn::freeze_weights(unet_) : ops::FrozenWeights();
+    const auto frozen_trimap_encoder = freeze ? nn::freeze_weights(controlnet_) : ops::FrozenWeights();
     out.latent = sampling::run_sampler(scheduler, z_T, model, stages, rng, 0.0,
                                        [&](const sampling::StepInfo& s, const sampling::SamplerState&, const auto&) {
                                          if (progress) progress("sampling", s.index + 1, s.num_steps);

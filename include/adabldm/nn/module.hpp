@@ -17,6 +17,7 @@
 #include "adabldm/core/rng.hpp"
 #include "adabldm/core/tensor.hpp"
 #include "adabldm/io/state_dict.hpp"
+#include "adabldm/ops/matmul.hpp"
 
 namespace adabldm::nn {
 
@@ -99,6 +100,18 @@ LoadReport load_state_dict(M& module, const io::StateDict& sd, bool strict = tru
     if (!used.count(name)) r.unexpected.push_back(name);
   if (strict && !r.ok()) throw Error(r.message(sd.source()));
   return r;
+}
+
+/// The float weights (parameters of two or more dimensions) of a host module frozen for bfloat16 products while the
+/// returned scope lives (ops::FrozenWeights: nothing may change them meanwhile); an empty scope for other modules.
+template <class M>
+ops::FrozenWeights freeze_weights(const M& module) {
+  std::vector<Tensor<float>> weights;
+  const_cast<M&>(module).visit("", [&](const std::string&, auto& p) {  // visit() is not const; nothing is modified
+    if constexpr (std::is_same_v<std::decay_t<decltype(p.value)>, Tensor<float>>)
+      if (p.loaded() && p.value.rank() >= 2) weights.push_back(p.value);
+  });
+  return ops::FrozenWeights(std::move(weights));
 }
 
 /// The module's parameters as a StateDict (shares their buffers; for saving and converting).

@@ -92,27 +92,29 @@ inline void pack_a_transposed(const float* A, int64_t lda, int64_t i0, int64_t m
 }
 
 /// Transposes 16 rows of 16 floats in registers: row kk of the transpose ends up in r[transposed_row(kk)]
-/// (unpack, then 128-bit lane shuffles, which leave the middle two of each group of four swapped).
+/// (unpack, then 128-bit lane shuffles, which leave the middle two of each group of four swapped). The masked forms
+/// with every lane set are the plain instructions; unlike the plain intrinsics they do not start from GCC 12's
+/// "undefined" vector, which it warns about wherever this is not inlined.
 inline void transpose16(__m512 r[16]) {
   __m512 t[16];
   for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i] = _mm512_mask_unpacklo_ps(r[2 * i], 0xFFFF, r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_mask_unpackhi_ps(r[2 * i], 0xFFFF, r[2 * i], r[2 * i + 1]);
   }
   for (int i = 0; i < 4; ++i)
     for (int j = 0; j < 2; ++j) {
       const __m512d a = _mm512_castps_pd(t[4 * i + j]), b = _mm512_castps_pd(t[4 * i + j + 2]);
-      r[4 * i + j] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
-      r[4 * i + j + 2] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+      r[4 * i + j] = _mm512_castpd_ps(_mm512_mask_unpacklo_pd(a, 0xFF, a, b));
+      r[4 * i + j + 2] = _mm512_castpd_ps(_mm512_mask_unpackhi_pd(a, 0xFF, a, b));
     }
   for (int i = 0; i < 2; ++i)
     for (int j = 0; j < 4; ++j) {
-      t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0x88);
-      t[8 * i + j + 4] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + j + 4], 0xdd);
+      t[8 * i + j] = _mm512_mask_shuffle_f32x4(r[8 * i + j], 0xFFFF, r[8 * i + j], r[8 * i + j + 4], 0x88);
+      t[8 * i + j + 4] = _mm512_mask_shuffle_f32x4(r[8 * i + j], 0xFFFF, r[8 * i + j], r[8 * i + j + 4], 0xdd);
     }
   for (int j = 0; j < 8; ++j) {
-    r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
-    r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
+    r[j] = _mm512_mask_shuffle_f32x4(t[j], 0xFFFF, t[j], t[j + 8], 0x88);
+    r[j + 8] = _mm512_mask_shuffle_f32x4(t[j], 0xFFFF, t[j], t[j + 8], 0xdd);
   }
 }
 inline int64_t transposed_row(int64_t kk) { return (kk & ~int64_t{3}) | ((kk & 1) << 1) | ((kk >> 1) & 1); }

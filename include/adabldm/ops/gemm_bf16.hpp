@@ -16,9 +16,15 @@
 // As in gemm_avx512.hpp, the order of each sum depends only on the block sizes: the bits do not depend on the
 // thread count.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <unordered_map>
+#include <vector>
 
 #include "adabldm/core/error.hpp"
 #include "adabldm/core/threads.hpp"
@@ -264,17 +270,25 @@ ADABLDM_TARGET_BF16 inline void kernel_avx512(int64_t kcp, const uint16_t* a, co
   }
 }
 
+/// An operand packed whole in advance (a frozen weight, below): its K block pc holds `rows_p` rows (A) or columns
+/// (B), a multiple of 32, of kcp values each, at data + rows_p * pc; this product reads from row (column) `first`.
+/// data == nullptr: the product packs each block itself as it goes.
+struct Prepacked {
+  const uint16_t* data = nullptr;
+  int64_t rows_p = 0, first = 0;
+};
+
 /// One thread's product (kernel != none).
 template <Bf16Kernel kKernel>
 ADABLDM_TARGET_AMX inline void run(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                                    const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
-                                   int64_t ldc) {
+                                   int64_t ldc, Prepacked packed_a, Prepacked packed_b) {
   const Blocking bl = blocking();
   const int64_t kcp_max = round_up(std::min(bl.kc, K), kKStep), mc_max = std::min(bl.mc, round_up(M, kMR));
   const int64_t nc_max = std::min(bl.nc, round_up(N, kNR));
   // Scratch in floats: two bfloat16 per float.
-  auto* pa = reinterpret_cast<uint16_t*>(sgemm::scratch(0, static_cast<std::size_t>(mc_max * kcp_max / 2)));
-  auto* pb = reinterpret_cast<uint16_t*>(sgemm::scratch(1, static_cast<std::size_t>(nc_max * kcp_max / 2)));
+  auto* pa = packed_a.data ? nullptr : reinterpret_cast<uint16_t*>(sgemm::scratch(0, static_cast<std::size_t>(mc_max * kcp_max / 2)));
+  auto* pb = packed_b.data ? nullptr : reinterpret_cast<uint16_t*>(sgemm::scratch(1, static_cast<std::size_t>(nc_max * kcp_max / 2)));
   alignas(64) float tile[kMR * kNR];
   if constexpr (kKernel == Bf16Kernel::amx) {
     static const TileConfig config;
@@ -284,15 +298,19 @@ ADABLDM_TARGET_AMX inline void run(bool trans_a, bool trans_b, int64_t M, int64_
     const int64_t nc = std::min(bl.nc, N - jc);
     for (int64_t pc = 0; pc < K; pc += bl.kc) {
       const int64_t kc = std::min(bl.kc, K - pc), kcp = round_up(kc, kKStep);
-      pack_b(trans_b, B, ldb, pc, kc, kcp, jc, nc, pb);
+      const uint16_t* b_block = pb;
+      if (packed_b.data) b_block = packed_b.data + packed_b.rows_p * pc + (packed_b.first + jc) * kcp;
+      else pack_b(trans_b, B, ldb, pc, kc, kcp, jc, nc, pb);
       for (int64_t ic = 0; ic < M; ic += bl.mc) {
         const int64_t mc = std::min(bl.mc, M - ic);
-        pack_a(trans_a, A, lda, ic, mc, pc, kc, kcp, pa);
+        const uint16_t* a_block = pa;
+        if (packed_a.data) a_block = packed_a.data + packed_a.rows_p * pc + (packed_a.first + ic) * kcp;
+        else pack_a(trans_a, A, lda, ic, mc, pc, kc, kcp, pa);
         for (int64_t ir = 0; ir < mc; ir += kMR)
           for (int64_t jr = 0; jr < nc; jr += kNR) {
             const int64_t mr = std::min<int64_t>(kMR, mc - ir), nr = std::min<int64_t>(kNR, nc - jr);
-            if constexpr (kKernel == Bf16Kernel::amx) kernel_amx(kcp, pa + ir * kcp, pb + jr * kcp, tile);
-            else kernel_avx512(kcp, pa + ir * kcp, pb + jr * kcp, tile, mr);
+            if constexpr (kKernel == Bf16Kernel::amx) kernel_amx(kcp, a_block + ir * kcp, b_block + jr * kcp, tile);
+            else kernel_avx512(kcp, a_block + ir * kcp, b_block + jr * kcp, tile, mr);
             write_c(tile, C + (ic + ir) * ldc + jc + jr, ldc, mr, nr, alpha, beta, pc == 0);
           }
       }
@@ -300,42 +318,105 @@ ADABLDM_TARGET_AMX inline void run(bool trans_a, bool trans_b, int64_t M, int64_
   }
   if constexpr (kKernel == Bf16Kernel::amx) _tile_release();
 }
+
+/// Weights registered by ops::FrozenWeights, each with the packed forms made for it so far (one per way it is
+/// multiplied: as A or B, transposed or not, its shape and leading dimension).
+struct FreeAligned {
+  void operator()(uint16_t* p) const { std::free(p); }
+};
+struct FrozenForm {
+  bool as_b, trans;
+  int64_t rows, depth, ld;
+  std::unique_ptr<uint16_t, FreeAligned> data;  // rows_p * round_up(depth, 32) values, run()'s Prepacked layout
+};
+struct FrozenRegistry {
+  std::mutex mutex;
+  std::atomic<int64_t> size{0};  // entries: products skip the lock while nothing is frozen
+  std::unordered_map<const float*, std::pair<int, std::vector<FrozenForm>>> entries;  // data -> (scopes, forms)
+};
+inline FrozenRegistry& frozen_registry() {
+  static FrozenRegistry r;
+  return r;
+}
+
+/// The packed form of op(X) (as_b false: X is A, `rows` = M; true: X is B, `rows` = N; `depth` = K) when X is a
+/// frozen weight, made (over the threads) at its first product; null otherwise.
+inline const uint16_t* frozen_packed(bool as_b, bool trans, const float* X, int64_t ld, int64_t rows, int64_t depth) {
+  FrozenRegistry& reg = frozen_registry();
+  if (reg.size.load(std::memory_order_acquire) == 0) return nullptr;
+  std::lock_guard<std::mutex> lock(reg.mutex);
+  const auto it = reg.entries.find(X);
+  if (it == reg.entries.end()) return nullptr;
+  for (const FrozenForm& f : it->second.second)
+    if (f.as_b == as_b && f.trans == trans && f.rows == rows && f.depth == depth && f.ld == ld) return f.data.get();
+  const Blocking bl = blocking();
+  const int64_t rows_p = round_up(rows, 32);
+  // 64-byte aligned, as the packing's stores and the kernels' loads need (a multiple of 64 bytes: rows_p % 32 == 0).
+  std::unique_ptr<uint16_t, FreeAligned> data(
+      static_cast<uint16_t*>(std::aligned_alloc(64, static_cast<std::size_t>(rows_p * round_up(depth, kKStep)) * 2)));
+  if (!data) throw std::bad_alloc();
+  uint16_t* dst = data.get();
+  constexpr int64_t kChunk = 256;
+  const int64_t chunks = (rows + kChunk - 1) / kChunk, blocks = (depth + bl.kc - 1) / bl.kc;
+  parallel_for(blocks * chunks, [&](int64_t t) {
+    const int64_t pc = t / chunks * bl.kc, r0 = t % chunks * kChunk, n = std::min(kChunk, rows - r0);
+    const int64_t kc = std::min(bl.kc, depth - pc), kcp = round_up(kc, kKStep);
+    uint16_t* block = dst + rows_p * pc + r0 * kcp;
+    if (as_b) pack_b(trans, X, ld, pc, kc, kcp, r0, n, block);
+    else pack_a(trans, X, ld, r0, n, pc, kc, kcp, block);
+  });
+  it->second.second.push_back(FrozenForm{as_b, trans, rows, depth, ld, std::move(data)});
+  return dst;
+}
 }  // namespace bgemm
 
 /// C[M,N] = alpha * op(A) * op(B) + beta * C with A and B rounded to bfloat16, on one thread, with `kernel`
 /// (not none; the caller checks the CPU has it).
 inline void sgemm_bf16(Bf16Kernel kernel, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                       const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+                       const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+                       bgemm::Prepacked packed_a = {}, bgemm::Prepacked packed_b = {}) {
   if (M <= 0 || N <= 0) return;
   if (K == 0) return sgemm_avx512(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);  // C = beta C
   if (kernel == Bf16Kernel::amx)
-    bgemm::run<Bf16Kernel::amx>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    bgemm::run<Bf16Kernel::amx>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, packed_a, packed_b);
   else
-    bgemm::run<Bf16Kernel::avx512_bf16>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    bgemm::run<Bf16Kernel::avx512_bf16>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, packed_a,
+                                        packed_b);
 }
 
-/// The same over the threads, one slice of rows (or columns) per thread, as sgemm_avx512_parallel.
+/// The same over the threads, one slice of rows (or columns) per thread, as sgemm_avx512_parallel; a frozen
+/// weight (ops::FrozenWeights) is read from its packed form instead of being converted again.
 inline void sgemm_bf16_parallel(Bf16Kernel kernel, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
                                 float alpha, const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
                                 float* C, int64_t ldc) {
   using bgemm::kMR;
   using bgemm::kNR;
+  if (M <= 0 || N <= 0) return;
+  bgemm::Prepacked pa, pb;
+  if (K > 0) {
+    pa.data = bgemm::frozen_packed(false, trans_a, A, lda, M, K), pa.rows_p = bgemm::round_up(M, kMR);
+    pb.data = bgemm::frozen_packed(true, trans_b, B, ldb, N, K), pb.rows_p = bgemm::round_up(N, kNR);
+  }
   const int64_t threads = num_threads();
   if (threads <= 1 || M * N * K < (int64_t{1} << 22))
-    return sgemm_bf16(kernel, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return sgemm_bf16(kernel, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, pa, pb);
   if (M >= N) {
     const int64_t slice = bgemm::round_up((M + threads - 1) / threads, kMR);
     parallel_for((M + slice - 1) / slice, [&](int64_t s) {
       const int64_t m0 = s * slice, m = std::min(slice, M - m0);
+      bgemm::Prepacked a = pa;
+      a.first = m0;
       sgemm_bf16(kernel, trans_a, trans_b, m, N, K, alpha, trans_a ? A + m0 : A + m0 * lda, lda, B, ldb, beta,
-                 C + m0 * ldc, ldc);
+                 C + m0 * ldc, ldc, a, pb);
     });
   } else {
     const int64_t slice = bgemm::round_up((N + threads - 1) / threads, kNR);
     parallel_for((N + slice - 1) / slice, [&](int64_t s) {
       const int64_t n0 = s * slice, n = std::min(slice, N - n0);
+      bgemm::Prepacked b = pb;
+      b.first = n0;
       sgemm_bf16(kernel, trans_a, trans_b, M, n, K, alpha, A, lda, trans_b ? B + n0 * ldb : B + n0, ldb, beta,
-                 C + n0, ldc);
+                 C + n0, ldc, pa, b);
     });
   }
 }

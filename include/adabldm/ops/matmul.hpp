@@ -3,6 +3,8 @@
 // products where asked, gemm_bf16.hpp; else Eigen mapped
 // over our buffers, no copies), matmul (2-D and batched) and linear (x W^T + b, PyTorch's nn.Linear layout), each with its backward kernels.
 #include <Eigen/Core>
+#include <mutex>
+#include <vector>
 
 #include "adabldm/core/autograd_record.hpp"
 #include "adabldm/core/tensor.hpp"
@@ -218,5 +220,44 @@ Tensor<T, Cpu> linear(const Tensor<T, Cpu>& x_in, const Tensor<T, Cpu>& weight, 
   }
   return out;
 }
+
+/// Weights that nothing changes for a while, such as the UNet's and the trimap encoder's while sampling: with
+/// bfloat16 products (gemm_bf16.hpp) each is converted and packed once, at its first product, instead of at every
+/// product, which costs about as much as the product itself on AMX. While the scope lives it holds the tensors (so
+/// their memory cannot be reused) and packed copies of half their float32 size; a weight written inside it would go
+/// on being multiplied as it was, so never freeze what an optimiser steps. Scopes may nest and overlap; without
+/// bfloat16 products (or a kernel for them) it changes nothing.
+class FrozenWeights {
+ public:
+  FrozenWeights() = default;
+  explicit FrozenWeights(std::vector<Tensor<float>> weights) : weights_(std::move(weights)) {
+#ifdef ADABLDM_BF16_GEMM
+    auto& reg = detail::bgemm::frozen_registry();
+    std::lock_guard<std::mutex> lock(reg.mutex);
+    for (const auto& w : weights_) ++reg.entries[w.data()].first;
+    reg.size.store(static_cast<int64_t>(reg.entries.size()), std::memory_order_release);
+#endif
+  }
+  FrozenWeights(FrozenWeights&& other) noexcept : weights_(std::move(other.weights_)) { other.weights_.clear(); }
+  FrozenWeights(const FrozenWeights&) = delete;
+  FrozenWeights& operator=(const FrozenWeights&) = delete;
+  FrozenWeights& operator=(FrozenWeights&&) = delete;
+  ~FrozenWeights() {
+#ifdef ADABLDM_BF16_GEMM
+    auto& reg = detail::bgemm::frozen_registry();
+    std::lock_guard<std::mutex> lock(reg.mutex);
+    for (const auto& w : weights_) {
+      const auto it = reg.entries.find(w.data());
+      if (it != reg.entries.end() && --it->second.first == 0) reg.entries.erase(it);
+    }
+    reg.size.store(static_cast<int64_t>(reg.entries.size()), std::memory_order_release);
+#endif
+  }
+  /// How many weights this scope holds.
+  std::size_t size() const noexcept { return weights_.size(); }
+
+ private:
+  std::vector<Tensor<float>> weights_;
+};
 
 }  // namespace adabldm::ops
