@@ -6,7 +6,9 @@ usage: benchmarks/ad_gain_table.py OUT [--types blowhole,break,...]
 Reads OUT/<type>/results.json (written by `adabldm evaluate`, one folder per type as benchmarks/ad_gain.sh lays
 them out) and prints a markdown table: for each type and condition the mean +- sample std over its seeds, then for
 each condition the mean over the types (of the per-type means). A type or condition with fewer runs than seeds is
-marked with its run count, so a partial result is never read as a whole one. Standard library only.
+marked with its run count, so a partial result is never read as a whole one, and the mean over types takes only
+the types complete for every condition shown, so the conditions are compared on the same types. Standard library
+only.
 """
 import json
 import math
@@ -45,7 +47,7 @@ def main(argv):
     header = "| type | condition | runs | " + " | ".join(label for _, label in METRICS) + " |"
     print(header)
     print("|---|---|---:|" + "---:|" * len(METRICS))
-    per_type_means = {c: [] for c in CONDITIONS}  # condition -> [{metric: mean}] one per type with all seeds
+    per_type_means = {c: [] for c in CONDITIONS}  # condition -> [(type, {metric: mean})], types with all seeds
     for t in types:
         path = os.path.join(out, t, "results.json")
         try:
@@ -68,8 +70,11 @@ def main(argv):
             print(f"| {t} | {LABELS[c]} | {len(runs)}{note} | " + " | ".join(cells) + " |")
             if len(runs) == seeds:
                 per_type_means[c].append((t, means))
-    for c in CONDITIONS:
-        rows = per_type_means[c]
+    # The mean over types compares conditions only on the same types: those complete for every condition shown.
+    present = [c for c in CONDITIONS if per_type_means[c]]
+    common = set.intersection(*(set(t for t, _ in per_type_means[c]) for c in present)) if present else set()
+    for c in present:
+        rows = [(t, m) for t, m in per_type_means[c] if t in common]
         if not rows:
             continue
         cells = [f"{sum(m[key] for _, m in rows) / len(rows):.3f}" for key, _ in METRICS]

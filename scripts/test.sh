@@ -53,7 +53,7 @@ for ty, runs in {"a": [run("real", 0, 0.1), run("real", 1, 0.3)], "b": [run("rea
     os.makedirs(os.path.join(sys.argv[1], ty))
     json.dump({"seeds": [0, 1], "runs": runs}, open(os.path.join(sys.argv[1], ty, "results.json"), "w"))
 PY
-python3 benchmarks/ad_gain_table.py "$t" > "$t/table.md"
+python3 benchmarks/ad_gain_table.py "$t" > "$t/table.md" || { echo "ad_gain_table.py failed"; exit 1; }
 grep -q '^| a | (a) real | 2 | 0.200 ± 0.141 |' "$t/table.md" && grep -q '^| b | (a) real | 1 (of 2) | 0.900 ± 0.000 |' "$t/table.md" \
   && grep -q '^| \*\*mean of 1 type(s)\*\* (a) | (a) real | | 0.200 |' "$t/table.md" \
   || { echo "ad_gain_table.py: unexpected table"; cat "$t/table.md"; exit 1; }

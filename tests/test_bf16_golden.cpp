@@ -52,8 +52,14 @@ TEST_CASE("bf16 golden: UNet noise prediction") {
   {
     const auto frozen = nn::freeze_weights(unet);
     CHECK(frozen.size() > 0);
+#ifdef ADABLDM_BF16_GEMM
+    const int64_t uses_before = ops::detail::bgemm::frozen_registry().uses.load();
+#endif
     CHECK(run().to_vector() == plain);
     CHECK(run().to_vector() == plain);
+#ifdef ADABLDM_BF16_GEMM
+    CHECK(ops::detail::bgemm::frozen_registry().uses.load() > uses_before);  // the packed forms were read
+#endif
   }
   ops::set_cpu_matmul_precision(saved);
 }

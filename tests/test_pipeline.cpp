@@ -73,19 +73,29 @@ TEST_CASE("bf16 products: the weights packed once per sample give the same laten
   auto& p = tiny();
   auto& o = p.options();
   const auto saved = ops::cpu_matmul_precision();
+  const bool saved_adapt = o.adapt;
   ops::set_cpu_matmul_precision(ops::MatmulPrecision::bf16);
   o.adapt = false;
+#ifdef ADABLDM_BF16_GEMM
+  const auto& uses = ops::detail::bgemm::frozen_registry().uses;
+  const int64_t uses_before = uses.load();
+#endif
   const auto once = p.generate(job(7));
+#ifdef ADABLDM_BF16_GEMM
+  const int64_t uses_once = uses.load();
+  CHECK(uses_once > uses_before);  // the packed forms were read
+#endif
   o.pack_weights_once = false;
   const auto every = p.generate(job(7));
   o.pack_weights_once = true;
-  o.adapt = true;
+#ifdef ADABLDM_BF16_GEMM
+  CHECK(uses.load() == uses_once);  // ...and not without freezing
+#endif
   ops::set_cpu_matmul_precision(saved);
   CHECK(once.latent.to_vector() == every.latent.to_vector());
   // ...and bf16 really ran: the float32 latent differs.
-  o.adapt = false;
   const auto f32 = p.generate(job(7));
-  o.adapt = true;
+  o.adapt = saved_adapt;
   CHECK(f32.latent.to_vector() != once.latent.to_vector());
 }
 

@@ -320,18 +320,17 @@ ADABLDM_TARGET_AMX inline void run(bool trans_a, bool trans_b, int64_t M, int64_
 }
 
 /// Weights registered by ops::FrozenWeights, each with the packed forms made for it so far (one per way it is
-/// multiplied: as A or B, transposed or not, its shape and leading dimension).
-struct FreeAligned {
-  void operator()(uint16_t* p) const { std::free(p); }
-};
+/// multiplied: as A or B, transposed or not, its shape and leading dimension). A product holds its form by a
+/// shared pointer, so a scope ending on another thread meanwhile cannot free it under the product.
 struct FrozenForm {
   bool as_b, trans;
   int64_t rows, depth, ld;
-  std::unique_ptr<uint16_t, FreeAligned> data;  // rows_p * round_up(depth, 32) values, run()'s Prepacked layout
+  std::shared_ptr<const uint16_t> data;  // rows_p * round_up(depth, 32) values, run()'s Prepacked layout
 };
 struct FrozenRegistry {
   std::mutex mutex;
   std::atomic<int64_t> size{0};  // entries: products skip the lock while nothing is frozen
+  std::atomic<int64_t> uses{0};  // products that read a packed form (tests check it moves)
   std::unordered_map<const float*, std::pair<int, std::vector<FrozenForm>>> entries;  // data -> (scopes, forms)
 };
 inline FrozenRegistry& frozen_registry() {
@@ -340,22 +339,33 @@ inline FrozenRegistry& frozen_registry() {
 }
 
 /// The packed form of op(X) (as_b false: X is A, `rows` = M; true: X is B, `rows` = N; `depth` = K) when X is a
-/// frozen weight, made (over the threads) at its first product; null otherwise.
-inline const uint16_t* frozen_packed(bool as_b, bool trans, const float* X, int64_t ld, int64_t rows, int64_t depth) {
+/// frozen weight, made (over the threads, outside the registry's lock) at its first product; null otherwise.
+inline std::shared_ptr<const uint16_t> frozen_packed(bool as_b, bool trans, const float* X, int64_t ld, int64_t rows,
+                                                     int64_t depth) {
   FrozenRegistry& reg = frozen_registry();
   if (reg.size.load(std::memory_order_acquire) == 0) return nullptr;
-  std::lock_guard<std::mutex> lock(reg.mutex);
-  const auto it = reg.entries.find(X);
-  if (it == reg.entries.end()) return nullptr;
-  for (const FrozenForm& f : it->second.second)
-    if (f.as_b == as_b && f.trans == trans && f.rows == rows && f.depth == depth && f.ld == ld) return f.data.get();
+  const auto find = [&]() -> std::pair<bool, std::shared_ptr<const uint16_t>> {  // (frozen, its form if made)
+    const auto it = reg.entries.find(X);
+    if (it == reg.entries.end()) return {false, nullptr};
+    for (const FrozenForm& f : it->second.second)
+      if (f.as_b == as_b && f.trans == trans && f.rows == rows && f.depth == depth && f.ld == ld) return {true, f.data};
+    return {true, nullptr};
+  };
+  {
+    std::lock_guard<std::mutex> lock(reg.mutex);
+    auto [frozen, form] = find();
+    if (!frozen) return nullptr;
+    if (form) {
+      reg.uses.fetch_add(1, std::memory_order_relaxed);
+      return form;
+    }
+  }
   const Blocking bl = blocking();
   const int64_t rows_p = round_up(rows, 32);
   // 64-byte aligned, as the packing's stores and the kernels' loads need (a multiple of 64 bytes: rows_p % 32 == 0).
-  std::unique_ptr<uint16_t, FreeAligned> data(
-      static_cast<uint16_t*>(std::aligned_alloc(64, static_cast<std::size_t>(rows_p * round_up(depth, kKStep)) * 2)));
-  if (!data) throw std::bad_alloc();
-  uint16_t* dst = data.get();
+  auto* dst = static_cast<uint16_t*>(std::aligned_alloc(64, static_cast<std::size_t>(rows_p * round_up(depth, kKStep)) * 2));
+  if (!dst) throw std::bad_alloc();
+  std::shared_ptr<const uint16_t> data(dst, [](const uint16_t* p) { std::free(const_cast<uint16_t*>(p)); });
   constexpr int64_t kChunk = 256;
   const int64_t chunks = (rows + kChunk - 1) / kChunk, blocks = (depth + bl.kc - 1) / bl.kc;
   parallel_for(blocks * chunks, [&](int64_t t) {
@@ -365,8 +375,12 @@ inline const uint16_t* frozen_packed(bool as_b, bool trans, const float* X, int6
     if (as_b) pack_b(trans, X, ld, pc, kc, kcp, r0, n, block);
     else pack_a(trans, X, ld, r0, n, pc, kc, kcp, block);
   });
-  it->second.second.push_back(FrozenForm{as_b, trans, rows, depth, ld, std::move(data)});
-  return dst;
+  std::lock_guard<std::mutex> lock(reg.mutex);
+  reg.uses.fetch_add(1, std::memory_order_relaxed);
+  auto [frozen, form] = find();  // another thread may have made it meanwhile, or the last scope ended
+  if (form) return form;
+  if (frozen) reg.entries[X].second.push_back(FrozenForm{as_b, trans, rows, depth, ld, data});
+  return data;
 }
 }  // namespace bgemm
 
@@ -393,9 +407,12 @@ inline void sgemm_bf16_parallel(Bf16Kernel kernel, bool trans_a, bool trans_b, i
   using bgemm::kNR;
   if (M <= 0 || N <= 0) return;
   bgemm::Prepacked pa, pb;
+  std::shared_ptr<const uint16_t> frozen_a, frozen_b;  // held for the whole product
   if (K > 0) {
-    pa.data = bgemm::frozen_packed(false, trans_a, A, lda, M, K), pa.rows_p = bgemm::round_up(M, kMR);
-    pb.data = bgemm::frozen_packed(true, trans_b, B, ldb, N, K), pb.rows_p = bgemm::round_up(N, kNR);
+    frozen_a = bgemm::frozen_packed(false, trans_a, A, lda, M, K);
+    frozen_b = bgemm::frozen_packed(true, trans_b, B, ldb, N, K);
+    pa.data = frozen_a.get(), pa.rows_p = bgemm::round_up(M, kMR);
+    pb.data = frozen_b.get(), pb.rows_p = bgemm::round_up(N, kNR);
   }
   const int64_t threads = num_threads();
   if (threads <= 1 || M * N * K < (int64_t{1} << 22))

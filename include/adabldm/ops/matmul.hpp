@@ -234,7 +234,13 @@ class FrozenWeights {
 #ifdef ADABLDM_BF16_GEMM
     auto& reg = detail::bgemm::frozen_registry();
     std::lock_guard<std::mutex> lock(reg.mutex);
-    for (const auto& w : weights_) ++reg.entries[w.data()].first;
+    std::size_t done = 0;
+    try {
+      for (; done < weights_.size(); ++done) ++reg.entries[weights_[done].data()].first;
+    } catch (...) {  // out of memory midway: leave no weight registered that no scope will release
+      release(done);
+      throw;
+    }
     reg.size.store(static_cast<int64_t>(reg.entries.size()), std::memory_order_release);
 #endif
   }
@@ -244,19 +250,25 @@ class FrozenWeights {
   FrozenWeights& operator=(FrozenWeights&&) = delete;
   ~FrozenWeights() {
 #ifdef ADABLDM_BF16_GEMM
-    auto& reg = detail::bgemm::frozen_registry();
-    std::lock_guard<std::mutex> lock(reg.mutex);
-    for (const auto& w : weights_) {
-      const auto it = reg.entries.find(w.data());
-      if (it != reg.entries.end() && --it->second.first == 0) reg.entries.erase(it);
-    }
-    reg.size.store(static_cast<int64_t>(reg.entries.size()), std::memory_order_release);
+    std::lock_guard<std::mutex> lock(detail::bgemm::frozen_registry().mutex);
+    release(weights_.size());
 #endif
   }
   /// How many weights this scope holds.
   std::size_t size() const noexcept { return weights_.size(); }
 
  private:
+#ifdef ADABLDM_BF16_GEMM
+  /// Unregisters the first n weights (the registry's lock held).
+  void release(std::size_t n) noexcept {
+    auto& reg = detail::bgemm::frozen_registry();
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto it = reg.entries.find(weights_[i].data());
+      if (it != reg.entries.end() && --it->second.first == 0) reg.entries.erase(it);
+    }
+    reg.size.store(static_cast<int64_t>(reg.entries.size()), std::memory_order_release);
+  }
+#endif
   std::vector<Tensor<float>> weights_;
 };
 
