@@ -1,6 +1,7 @@
 // Image and mask loading with our conversions (PNG through libpng, JPEG through libjpeg-turbo, else stb). A
 // decoded image must be non-empty with exactly width x height x channels bytes; it is converted to a tensor and
-// back (lossless), written as PNG and read again (identical) if at most 4 KB, and loaded as a mask ({0, 1} of the same size).
+// back (lossless), written as PNG and read again (identical) if at most 4 KB, and loaded as a mask ({0, 1} of the
+// same size).
 #include "fuzz_common.hpp"
 
 #include "adabldm/io/image.hpp"
