@@ -373,7 +373,8 @@ TEST_CASE("decoded pixels equal stb's: exactly for PNG, within 1 for JPEG (anoth
 namespace {
 /// Encodes with libjpeg: `components` 3 (RGB) or 4 (CMYK, stored as YCCK with Adobe's marker); an optional scan
 /// script makes it progressive.
-std::string libjpeg_encode(const Image& img, int quality, bool progressive, const std::vector<jpeg_scan_info>& scans = {}) {
+std::string libjpeg_encode(const Image& img, int quality, bool progressive, const std::vector<jpeg_scan_info>& scans = {},
+                           bool arithmetic = false) {
   jpeg_compress_struct c;
   jpeg_error_mgr err;
   c.err = jpeg_std_error(&err);
@@ -386,6 +387,7 @@ std::string libjpeg_encode(const Image& img, int quality, bool progressive, cons
   jpeg_set_defaults(&c);
   jpeg_set_quality(&c, quality, TRUE);
   if (progressive) jpeg_simple_progression(&c);
+  c.arith_code = arithmetic ? TRUE : FALSE;
   if (!scans.empty()) c.scan_info = scans.data(), c.num_scans = static_cast<int>(scans.size());
   jpeg_start_compress(&c, TRUE);
   while (c.next_scanline < c.image_height) {
@@ -423,6 +425,20 @@ TEST_CASE("progressive JPEG decodes to the same pixels as baseline; CMYK JPEG to
     CHECK(std::abs(rgb.pixels[i * 3 + 1] - 100 * 180 / 255) <= 2);
     CHECK(std::abs(rgb.pixels[i * 3 + 2] - 50 * 180 / 255) <= 2);
   }
+}
+
+TEST_CASE("an arithmetic-coded JPEG is refused: a few hundred bytes would decode to millions of pixels") {
+  Image black{2048, 2048, 3, std::vector<uint8_t>(2048 * 2048 * 3, 0)};
+  const std::string huffman = libjpeg_encode(black, 90, false, {}, false);
+  const std::string arith = libjpeg_encode(black, 90, false, {}, true);
+  CHECK(arith.size() < 1000);       // 4 M pixels in a few hundred bytes
+  CHECK(huffman.size() > 10000);    // Huffman pays at least a bit per block and component
+  CHECK(decode(huffman).width == 2048);
+#ifdef ADABLDM_IMAGE_LIBJPEG
+  expect_error(arith, "arithmetic-coded JPEG is not supported");
+#else
+  expect_error(arith, "cannot decode image");  // stb has no arithmetic decoder
+#endif
 }
 
 TEST_CASE("a progressive JPEG of more scans than kMaxJpegScans is refused (each scan is a pass over the image)") {

@@ -2,8 +2,9 @@
 // JPEG decoding through libjpeg-turbo (used by image.hpp when the build defines ADABLDM_HAVE_LIBJPEG): fuzzed
 // continuously upstream, and its SIMD decoder is several times faster than stb's. Every warning is an error
 // (libjpeg warns, then fills with gray, on a premature end or corrupt entropy data: garbage pixels we refuse);
-// the pixel cap is checked on the header, and a progressive file may have at most kMaxJpegScans scans (each scan
-// costs a pass over the whole image, so a few kilobytes of scans could otherwise take minutes).
+// the pixel cap is checked on the header, arithmetic coding is refused, and a progressive file may have at most
+// kMaxJpegScans scans (each scan costs a pass over the whole image, so a few kilobytes of scans could otherwise
+// take minutes).
 //
 // libjpeg reports errors by longjmp: what lives across the setjmp is in memory (the structs libjpeg points to,
 // `out` by reference), and no object with a destructor is alive in this frame when it jumps.
@@ -37,11 +38,15 @@ inline void jpeg_on_progress(j_common_ptr c) {
   std::snprintf(e->message, sizeof e->message, "more than %d progressive scans", kMaxJpegScans);
   std::longjmp(e->jump, 1);
 }
-/// The pixel cap, on the header (the string lives in its own scope: no destructor may be skipped by the jump).
-inline void jpeg_check_size(j_decompress_ptr c) {
+/// What the header must pass before anything is decoded (the string lives in its own scope: no destructor may be
+/// skipped by the jump): the pixel cap, and Huffman coding. An arithmetic-coded file is refused (as stb does): its
+/// coder spends almost nothing on empty blocks and goes on, without a warning, past the end of its data, so 211
+/// bytes decoded to 8192 x 8192 RGB (0.3 s, 200 MB); a Huffman file pays at least a bit per block and component.
+inline void jpeg_check_header(j_decompress_ptr c) {
   auto* e = reinterpret_cast<JpegError*>(c->err);
   {
-    const std::string why = image_size_error(c->image_width, c->image_height);
+    std::string why = image_size_error(c->image_width, c->image_height);
+    if (why.empty() && c->arith_code) why = "arithmetic-coded JPEG is not supported (re-save it with Huffman coding)";
     if (why.empty()) return;
     std::snprintf(e->message, sizeof e->message, "%s", why.c_str());
   }
@@ -66,7 +71,7 @@ inline std::string decode_jpeg(const uint8_t* data, std::size_t size, Image& out
   cinfo.progress = &progress;
   jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));
   jpeg_read_header(&cinfo, TRUE);
-  jpeg_check_size(&cinfo);
+  jpeg_check_header(&cinfo);
   const J_COLOR_SPACE in = cinfo.jpeg_color_space;
   const bool cmyk = in == JCS_CMYK || in == JCS_YCCK;
   cinfo.out_color_space = cmyk ? JCS_CMYK : in == JCS_GRAYSCALE || (gray && in == JCS_YCbCr) ? JCS_GRAYSCALE : JCS_RGB;
