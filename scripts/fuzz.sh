@@ -40,9 +40,11 @@ for h in "${harnesses[@]}"; do
   [ -n "${ADABLDM_FUZZ_RUNS:-}" ] && runs=(-runs="$ADABLDM_FUZZ_RUNS")
   echo "=== fuzz_$h: ${seconds} s"
   start=$(date +%s)
-  # -timeout: one input may take at most 10 s; -rss_limit_mb: 2 GB of memory (the peak of the process); -max_len: inputs up to 64 KB.
+  # -timeout: one input may take at most 10 s; -rss_limit_mb: 2 GB of memory (the process's peak); -max_len:
+  # inputs up to 64 KB.
   if nice -n 15 "$build/bin/fuzz_$h" "$build/corpus/$h" "tests/data/fuzz-regressions/$h" -dict="fuzz/$h.dict" \
-       -max_total_time="$seconds" "${runs[@]}" -timeout=10 -rss_limit_mb="${ADABLDM_FUZZ_RSS_MB:-2048}" -max_len=65536 -print_final_stats=1 \
+       -max_total_time="$seconds" "${runs[@]}" -timeout=10 -rss_limit_mb="${ADABLDM_FUZZ_RSS_MB:-2048}" -max_len=65536 \
+       -print_final_stats=1 \
        -artifact_prefix="$build/findings/$h/" > "$log" 2>&1; then result=ok
   elif grep -q "Test unit written to" "$log"; then result=FINDING; status=1
   else result=stopped; status=1  # interrupted (a signal, the machine): no input was written

@@ -41,7 +41,9 @@ inline void jpeg_on_progress(j_common_ptr c) {
 /// What the header must pass before anything is decoded (the string lives in its own scope: no destructor may be
 /// skipped by the jump): the pixel cap, and Huffman coding. An arithmetic-coded file is refused (as stb does): its
 /// coder spends almost nothing on empty blocks and goes on, without a warning, past the end of its data, so 211
-/// bytes decoded to 8192 x 8192 RGB (0.3 s, 200 MB); a Huffman file pays at least a bit per block and component.
+/// bytes decoded to 8192 x 8192 RGB (0.3 s, 200 MB). A Huffman code is at least a bit per block of each component a
+/// scan covers: at worst (one 1x1 component scanned, the others 4x4 and never scanned) about 8 K pixels per byte,
+/// about what zlib allows a 1-bit PNG.
 inline void jpeg_check_header(j_decompress_ptr c) {
   auto* e = reinterpret_cast<JpegError*>(c->err);
   {
