@@ -24,6 +24,12 @@
 #define ADABLDM_OWN_SGEMM 1
 #endif
 
+// nvcc's front end (these headers reach .cu files too) does not know GCC's unroll pragma but passes it on to the
+// host compiler, which does: only the warning is silenced, up to the end of this header.
+#ifdef __NVCC__
+#pragma nv_diag_suppress 1675
+#endif
+
 namespace adabldm::ops::detail {
 
 #ifdef ADABLDM_OWN_SGEMM
@@ -290,3 +296,7 @@ inline bool& use_own_sgemm() {
 }
 
 }  // namespace adabldm::ops::detail
+
+#ifdef __NVCC__
+#pragma nv_diag_default 1675
+#endif

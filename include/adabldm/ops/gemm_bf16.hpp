@@ -42,6 +42,12 @@
 #define ADABLDM_TARGET_AMX __attribute__((target("avx512f,avx512bw,avx512bf16,amx-tile,amx-bf16")))
 #endif
 
+// nvcc's front end (these headers reach .cu files too) does not know GCC's unroll pragma but passes it on to the
+// host compiler, which does: only the warning is silenced, up to the end of this header.
+#ifdef __NVCC__
+#pragma nv_diag_suppress 1675
+#endif
+
 namespace adabldm::ops {
 
 /// The precision of float matrix products on the CPU: exact float32 (the default), or bfloat16 operands with
@@ -465,3 +471,7 @@ inline bool use_bf16_gemm() {
 inline const char* cpu_bf16_kernel() { return detail::bf16_kernel_name(detail::bf16_kernel()); }
 
 }  // namespace adabldm::ops
+
+#ifdef __NVCC__
+#pragma nv_diag_default 1675
+#endif
