@@ -208,7 +208,7 @@ TEST_CASE("foreground: every bad option or input is one line naming it, exit 1, 
 TEST_CASE("foreground: Stable Diffusion VAE layouts load as in generate (diffusers folder; single file + --config)") {
   const auto dir = temp_dir("sd");
   write_plates(dir);
-  for (const std::string model : {golden::path("tiny_pipeline/diffusers"),
+  for (const std::string& model : {golden::path("tiny_pipeline/diffusers"),
                                   golden::path("ldm_format/model.safetensors") + " --config " +
                                       golden::path("ldm_format/config.json")}) {
     CAPTURE(model);
