@@ -25,8 +25,10 @@
 #endif
 
 // nvcc's front end (these headers reach .cu files too) does not know GCC's unroll pragma but passes it on to the
-// host compiler, which does: only the warning is silenced, up to the end of this header.
+// host compiler, which does: only the warning is silenced, up to the end of this header (the includer's own
+// settings are restored there).
 #ifdef __NVCC__
+#pragma nv_diagnostic push
 #pragma nv_diag_suppress 1675
 #endif
 
@@ -298,5 +300,5 @@ inline bool& use_own_sgemm() {
 }  // namespace adabldm::ops::detail
 
 #ifdef __NVCC__
-#pragma nv_diag_default 1675
+#pragma nv_diagnostic pop
 #endif

@@ -43,8 +43,10 @@
 #endif
 
 // nvcc's front end (these headers reach .cu files too) does not know GCC's unroll pragma but passes it on to the
-// host compiler, which does: only the warning is silenced, up to the end of this header.
+// host compiler, which does: only the warning is silenced, up to the end of this header (the includer's own
+// settings are restored there).
 #ifdef __NVCC__
+#pragma nv_diagnostic push
 #pragma nv_diag_suppress 1675
 #endif
 
@@ -473,5 +475,5 @@ inline const char* cpu_bf16_kernel() { return detail::bf16_kernel_name(detail::b
 }  // namespace adabldm::ops
 
 #ifdef __NVCC__
-#pragma nv_diag_default 1675
+#pragma nv_diagnostic pop
 #endif
