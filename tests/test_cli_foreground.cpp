@@ -209,8 +209,8 @@ TEST_CASE("foreground: Stable Diffusion VAE layouts load as in generate (diffuse
   const auto dir = temp_dir("sd");
   write_plates(dir);
   for (const std::string& model : {golden::path("tiny_pipeline/diffusers"),
-                                  golden::path("ldm_format/model.safetensors") + " --config " +
-                                      golden::path("ldm_format/config.json")}) {
+                                   golden::path("ldm_format/model.safetensors") + " --config " +
+                                       golden::path("ldm_format/config.json")}) {
     CAPTURE(model);
     const auto out = dir / "out";
     fs::remove_all(out);

@@ -42,9 +42,7 @@
 #define ADABLDM_TARGET_AMX __attribute__((target("avx512f,avx512bw,avx512bf16,amx-tile,amx-bf16")))
 #endif
 
-// nvcc's front end (these headers reach .cu files too) does not know GCC's unroll pragma but passes it on to the
-// host compiler, which does: only the warning is silenced, up to the end of this header (the includer's own
-// settings are restored there).
+// nvcc's warning on GCC's unroll pragma silenced up to the end of this header, as in gemm_avx512.hpp.
 #ifdef __NVCC__
 #pragma nv_diagnostic push
 #pragma nv_diag_suppress 1675
