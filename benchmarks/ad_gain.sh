@@ -81,7 +81,7 @@ for t in "${type_list[@]}"; do
     --masks "$masks" --object tile --defect "$t" --size "$size" -n "$n" --device "$device" --resume \
     "${adapt[@]}" --contact-sheet --out "$dir/generated" || [ $? -eq 4 ]  # 4: some samples failed (failures.jsonl); evaluate checks the count
   timed "$t" evaluate "$cli" evaluate --data "$root" --defect "$t" --synthetic "$dir/generated" --extra "$n" \
-    --seeds "$seeds" --steps "$detector_steps" --lr "$detector_lr" \
+    --seeds "$seeds" --steps "$detector_steps" --lr "$detector_lr" --device "$device" \
     --pos-weight "$detector_pos_weight" --out "$dir"
   cat "$dir/results.md"
 done

@@ -60,7 +60,7 @@ cmake --build "$build" -j "$jobs" --target gpu_check_build || { echo "gpu_check:
 
 step "CUDA tests"
 for t in test_cuda_core test_cuda_ops test_cuda_gemm_conv test_cuda_attention test_cuda_models test_cuda_pipeline \
-         test_cli_generate; do  # (test_cli_generate: the CLI with --device cuda, and its CPU cases)
+         test_cuda_detector test_cli_generate test_cli_evaluate; do  # (test_cli_*: the CLI with --device cuda, and its CPU cases)
   (cd "$build/tests" 2>/dev/null || cd "$build"; "$build/bin/$t") > "$build/$t.log" 2>&1
   rc=$?
   summary=$(grep -E "test cases:" "$build/$t.log" | tail -1)

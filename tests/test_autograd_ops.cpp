@@ -228,3 +228,24 @@ TEST_CASE("losses: bce_with_logits and dice_loss") {
   CHECK(std::isfinite(autograd::bce_with_logits(ops::affine(big, -1.0), ones).data()[0]));
   CHECK_THROWS_WITH_AS(autograd::bce_with_logits(zero, D::zeros({1, 1, 2, 1})), doctest::Contains("differ"), Error);
 }
+
+TEST_CASE("on_host: the copy's gradient reaches the original (here double -> float on the CPU)") {
+  // The CPU twin of the device path (tests/cuda/test_cuda_detector.cu): a host float copy of a double tensor feeds
+  // a float loss; the loss's gradient must come back to the double leaf. mse(x, t) has gradient 2 (x - t) / n.
+  auto x = leaf({2, 3});
+  const auto t = Tensor<float, Cpu>::zeros({2, 3});
+  {
+    autograd::TrainingScope scope;
+    const auto h = autograd::on_host(x);
+    CHECK(h.shape() == x.shape());
+    CHECK(h.requires_grad());
+    autograd::backward(autograd::mse(h, t));
+  }
+  const auto g = autograd::grad(x);
+  REQUIRE(g.defined());
+  for (int64_t i = 0; i < x.numel(); ++i)
+    CHECK(g.data()[i] == doctest::Approx(2.0 * static_cast<double>(static_cast<float>(x.data()[i])) / 6.0).epsilon(1e-6));
+  // A host float tensor is passed through as it is: the same tensor, no copy and no record.
+  const auto f = Tensor<float, Cpu>::full({2}, 1.0f);
+  CHECK(autograd::on_host(f).data() == f.data());
+}

@@ -5,6 +5,7 @@
 #include "cli_runner.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -138,6 +139,37 @@ TEST_CASE("evaluate: three conditions, its files, and a rerun that reuses the de
       if (a["condition"] == b["condition"] && a["seed"] == b["seed"]) CHECK(a["metrics"] == b["metrics"]);
 }
 
+TEST_CASE("evaluate: --device cuda trains and scores like the CPU, or says in one line why it cannot") {
+  const auto& f = fixture();
+  const std::string cmd = "evaluate --data " + f.root.string() +
+                          " --defect scratch --conditions real --seeds 0 --size 32 --steps 20 --widths 8,16,32 --crop 0 "
+                          "--quiet --out ";
+  const Run cpu = cli(cmd + (f.dir / "device-cpu").string());
+  REQUIRE_MESSAGE(cpu.code == 0, cpu.err);
+  const auto device_of = [&](const char* out) {  // recorded in the detector's metadata
+    const auto st = io::SafeTensors::open((f.dir / out / "detectors" / "real_seed0.safetensors").string());
+    return nlohmann::json::parse(st.metadata().at("adabldm.detector")).value("device", "");
+  };
+  CHECK(device_of("device-cpu") == "cpu");
+  const Run dev = cli(cmd + (f.dir / "device-cuda").string() + " --device cuda");
+  if (dev.code != 0) {  // CI: no GPU, or a build without the CUDA backend
+    MESSAGE("--device cuda: ", dev.err);
+    CHECK(dev.code == 1);
+    CHECK((dev.err.find("--device cuda: no CUDA device") != std::string::npos ||
+           dev.err.find("--device cuda: this adabldm was built without the CUDA backend") != std::string::npos));
+    CHECK(!fs::exists(f.dir / "device-cuda" / "detectors"));
+    return;
+  }
+  CHECK(device_of("device-cuda") == "cuda");
+  // The same draws and host losses; only the device's rounding differs over 20 steps.
+  const auto a = read_json(f.dir / "device-cpu" / "results.json")["runs"][0]["metrics"];
+  const auto b = read_json(f.dir / "device-cuda" / "results.json")["runs"][0]["metrics"];
+  for (const char* m : {"pixel_ap", "pixel_auroc", "iap"}) {
+    CAPTURE(m);
+    CHECK(std::abs(a[m].get<double>() - b[m].get<double>()) < 0.02);
+  }
+}
+
 TEST_CASE("evaluate: the anomalydiffusion protocol on a plain MVTec AD root") {
   const auto dir = temp_dir("plain");
   toy::write_root(dir / "root", 32, 9, {}, true);
@@ -179,6 +211,10 @@ TEST_CASE("evaluate: bad input is one line, exit 1, before any training") {
       {"evaluate --detectors " + (dir / "nothing").string() + " --data " + f.root.string() + " --out " + (dir / "o").string(),
        "no such folder"},
       {"evaluate --detectors " + (dir / "d").string() + " --defect scratch --data x --out y", "does not apply with --detectors"},
+      {"evaluate --detectors " + (dir / "d").string() + " --data x --out y --device cuda", "re-scoring with --detectors runs on the CPU"},
+      {base + " --device gpu", "--device gpu: expected cpu or cuda"},
+      {base + " --tf32", "--tf32 applies to --device cuda only"},
+      {base + " --device cuda --dtype f16", "--dtype f16: expected one of f32"},
   };
   for (const auto& [args, expect] : cases) {
     CAPTURE(args);

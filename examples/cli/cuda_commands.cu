@@ -1,9 +1,11 @@
-// adabldm generate / sample / train with --device cuda: the same commands (generate_run.hpp, sample_run.hpp,
-// train_run.hpp) with the networks on the GPU. Compiled by nvcc and linked only when the CUDA backend is built.
+// adabldm generate / sample / train / evaluate with --device cuda: the same commands (generate_run.hpp,
+// sample_run.hpp, train_run.hpp, evaluate_run.hpp) with the networks on the GPU. Compiled by nvcc and linked only
+// when the CUDA backend is built.
 #include <adabldm/cuda.cuh>  // first: the CUDA ops must be declared before the model headers
 
 #include <cstdio>
 
+#include "evaluate_run.hpp"
 #include "generate_run.hpp"
 #include "sample_run.hpp"
 #include "train_run.hpp"
@@ -38,6 +40,11 @@ int sample_cuda(const Args& args, const DeviceChoice& d) {
 int train_cuda(const Args& args, const DeviceChoice& d) {
   start_cuda(d, args.flag("quiet"));
   return train_on<adabldm::Cuda>(args);
+}
+
+int evaluate_cuda(const Args& args, const DeviceChoice& d) {
+  start_cuda(d, args.flag("quiet"));
+  return evaluate_on<adabldm::Cuda>(args);
 }
 
 }  // namespace cli

@@ -1,6 +1,7 @@
 #pragma once
-// --device cpu|cuda, --dtype, --tf32 and --cpu-matmul for the commands that run networks (generate, train, sample). The CUDA variants
-// live in cuda_commands.cu, compiled by nvcc and linked only when the CUDA backend is built (ADABLDM_CLI_CUDA).
+// --device cpu|cuda, --dtype, --tf32 and --cpu-matmul for the commands that run networks (generate, train, sample,
+// evaluate). The CUDA variants live in cuda_commands.cu, compiled by nvcc and linked only when the CUDA backend is
+// built (ADABLDM_CLI_CUDA).
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -59,6 +60,7 @@ inline DeviceChoice parse_device(const Args& args, const std::vector<std::string
 int generate_cuda(const Args& args, const DeviceChoice& device);  // cuda_commands.cu
 int train_cuda(const Args& args, const DeviceChoice& device);     // cuda_commands.cu
 int sample_cuda(const Args& args, const DeviceChoice& device);    // cuda_commands.cu
+int evaluate_cuda(const Args& args, const DeviceChoice& device);  // cuda_commands.cu
 #else
 [[noreturn]] inline void no_cuda_backend() {
   throw adabldm::Error(
@@ -68,6 +70,7 @@ int sample_cuda(const Args& args, const DeviceChoice& device);    // cuda_comman
 inline int generate_cuda(const Args&, const DeviceChoice&) { no_cuda_backend(); }
 inline int train_cuda(const Args&, const DeviceChoice&) { no_cuda_backend(); }
 inline int sample_cuda(const Args&, const DeviceChoice&) { no_cuda_backend(); }
+inline int evaluate_cuda(const Args&, const DeviceChoice&) { no_cuda_backend(); }
 #endif
 
 }  // namespace cli

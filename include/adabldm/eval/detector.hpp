@@ -34,10 +34,10 @@ struct DetectorConfig {
 };
 
 /// Two 3x3 convolutions, each followed by GroupNorm + SiLU; the first may stride.
-template <class T>
+template <class T, class Dev = Cpu>
 struct ConvBlock {
-  nn::Conv2d<T> conv1, conv2;
-  nn::GroupNorm<T> norm1, norm2;
+  nn::Conv2d<T, Dev> conv1, conv2;
+  nn::GroupNorm<T, Dev> norm1, norm2;
 
   ConvBlock() = default;
   ConvBlock(int in, int out, int stride, int groups)
@@ -48,7 +48,7 @@ struct ConvBlock {
     while (channels % g != 0) --g;
     return g;
   }
-  Tensor<T, Cpu> operator()(const Tensor<T, Cpu>& x) const {
+  Tensor<T, Dev> operator()(const Tensor<T, Dev>& x) const {
     const auto h = norm1(conv1(x), ops::Activation::SiLU);
     return norm2(conv2(h), ops::Activation::SiLU);
   }
@@ -61,11 +61,12 @@ struct ConvBlock {
   }
 };
 
-template <class T>
+/// On the CPU (Dev = Cpu) or a device (Dev = Cuda, with adabldm/cuda.cuh included first); nn::convert moves one.
+template <class T, class Dev = Cpu>
 struct SegmentationDetector {
   DetectorConfig config;
-  std::vector<ConvBlock<T>> down, up;  // up[i] produces level i (i = 0 .. levels - 2)
-  nn::Conv2d<T> head;
+  std::vector<ConvBlock<T, Dev>> down, up;  // up[i] produces level i (i = 0 .. levels - 2)
+  nn::Conv2d<T, Dev> head;
 
   explicit SegmentationDetector(const DetectorConfig& c = {}) : config(c) {
     config.validate();
@@ -73,18 +74,18 @@ struct SegmentationDetector {
     for (int i = 0; i < config.levels(); ++i)
       down.emplace_back(i == 0 ? config.in_channels : w[i - 1], w[i], i == 0 ? 1 : 2, config.groups);
     for (int i = 0; i + 1 < config.levels(); ++i) up.emplace_back(w[i + 1] + w[i], w[i], 1, config.groups);
-    head = nn::Conv2d<T>(w[0], 1, 1);
+    head = nn::Conv2d<T, Dev>(w[0], 1, 1);
   }
 
   /// x [B, in_channels, H, W] in [-1, 1] -> logits [B, 1, H, W].
-  Tensor<T, Cpu> operator()(const Tensor<T, Cpu>& x) const {
+  Tensor<T, Dev> operator()(const Tensor<T, Dev>& x) const {
     check<ShapeError>(x.rank() == 4 && x.dim(1) == config.in_channels, "detector: input ", x.shape().str(),
                       " must be [B, ", config.in_channels, ", H, W]");
     const int64_t m = config.stride_multiple();
     check<ShapeError>(x.dim(2) % m == 0 && x.dim(3) % m == 0, "detector: input sides ", x.dim(2), "x", x.dim(3),
                       " must be multiples of ", m);
-    std::vector<Tensor<T, Cpu>> skips;
-    Tensor<T, Cpu> h = x;
+    std::vector<Tensor<T, Dev>> skips;
+    Tensor<T, Dev> h = x;
     for (const auto& block : down) skips.push_back(h = block(h));
     for (int i = config.levels() - 2; i >= 0; --i)
       h = up[static_cast<std::size_t>(i)](ops::concat<T>({ops::upsample_nearest2x(h), skips[static_cast<std::size_t>(i)]}, 1));

@@ -136,7 +136,8 @@ inline TestSet load_test_set(const AdSplit& split, int size, int channels) {
 }
 
 /// Scores every test image, writes the score file, and measures.
-inline Metrics score_and_measure(const SegmentationDetector<float>& det, const TestSet& test, const fs::path& score_file) {
+template <class Dev>
+Metrics score_and_measure(const SegmentationDetector<float, Dev>& det, const TestSet& test, const fs::path& score_file) {
   std::vector<ScoredImage> scored;
   io::SafeTensorsWriter w;
   std::vector<Tensor<float, Cpu>> keep;  // the writer references its tensors until write()
@@ -217,9 +218,12 @@ inline void write_results(const EvaluationOptions& o, const std::vector<RunResul
 }
 }  // namespace detail
 
-/// Runs the evaluation (see the top of this file). `on_event` receives messages and training progress.
-inline std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
-                                             const std::function<void(const EvaluationEvent&)>& on_event = {}) {
+/// Runs the evaluation (see the top of this file). `on_event` receives messages and training progress. The
+/// detectors train and score on Dev (Cuda: include adabldm/cuda.cuh first); the draws, the losses and the files
+/// are the host's, so a device changes only the arithmetic's rounding.
+template <class Dev = Cpu>
+std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
+                                      const std::function<void(const EvaluationEvent&)>& on_event = {}) {
   o.validate();
   auto say = [&](const std::string& m) {
     if (on_event) on_event({m, 0, 0, false});
@@ -302,7 +306,7 @@ inline std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
       const std::string tag = condition + "_seed" + std::to_string(seed);
       const fs::path det_file = fs::path(o.out) / "detectors" / (tag + ".safetensors");
       RunResult r{condition, seed, {}, 0, fs::exists(det_file)};
-      SegmentationDetector<float> det(dc);
+      SegmentationDetector<float, Dev> det(dc);
       if (r.loaded) {
         auto loaded = load_detector(det_file.string());
         // A detector trained with other settings would silently mix two experiments in one table.
@@ -318,7 +322,7 @@ inline std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
         check(loaded.meta["training_images"] == training_images, det_file.string(), ": trained on other ", condition,
               " images than this run's (another root or fold, --synthetic folder, --extra, --keep-edges or "
               "--no-composite); use another --out or delete it");
-        det = std::move(loaded.detector);
+        det = nn::convert<float, Dev>(loaded.detector);
         r.train_seconds = loaded.meta.value("train_seconds", 0.0);
         say(tag + ": reusing " + det_file.string());
         done += o.training.steps;
@@ -342,7 +346,7 @@ inline std::vector<RunResult> run_evaluation(const EvaluationOptions& o,
                       {{"condition", condition}, {"seed", seed}, {"type", o.type}, {"size", o.size},
                        {"protocol", protocol_name(o.protocol)}, {"steps", t.steps},
                        {"training", info["training"]}, {"training_images", training_images},
-                       {"train_seconds", r.train_seconds}});
+                       {"train_seconds", r.train_seconds}, {"device", Dev::name}});
       }
       r.metrics = detail::score_and_measure(det, test, fs::path(o.out) / "scores" / (tag + ".safetensors"));
       char buf[160];

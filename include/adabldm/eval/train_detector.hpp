@@ -6,6 +6,9 @@
 // applies one of the 8 flips / quarter turns, and minimises BCE with logits (positive weight 5) + soft Dice with
 // AdamW under a cosine learning-rate decay. The network is fully convolutional, so it is trained on crops and scores
 // whole images. A step whose loss is not finite is skipped (the weights stay as they were).
+// The detector may live on a device (Dev = Cuda): the batches are drawn on the host (the same draws for every
+// device), uploaded, and the logits come back to the host for the losses (autograd::on_host), whose gradient
+// returns to the device.
 #include <chrono>
 #include <cmath>
 #include <string>
@@ -17,6 +20,7 @@
 #include "adabldm/autograd/loss.hpp"
 #include "adabldm/autograd/optim.hpp"
 #include "adabldm/autograd/params.hpp"
+#include "adabldm/autograd/transfer.hpp"
 #include "adabldm/core/rng.hpp"
 #include "adabldm/eval/detector.hpp"
 #include "adabldm/io/safetensors.hpp"
@@ -84,8 +88,8 @@ inline int crop_origin(Rng& rng, int p, int k, int S) {
 }  // namespace detail
 
 /// Trains `det` (initialised here when it has no weights). on_step(TrainStep) is called after every step.
-template <class OnStep>
-void train_detector(SegmentationDetector<float>& det, const std::vector<SegSample>& positives,
+template <class Dev, class OnStep>
+void train_detector(SegmentationDetector<float, Dev>& det, const std::vector<SegSample>& positives,
                     const std::vector<SegSample>& negatives, const DetectorTraining& o, OnStep&& on_step) {
   o.validate();
   check(!positives.empty(), "detector training: no defect images");
@@ -111,7 +115,7 @@ void train_detector(SegmentationDetector<float>& det, const std::vector<SegSampl
   Rng rng(o.seed);
   nn::init_missing(det, rng);
   autograd::track(det);
-  autograd::AdamW<float> opt(det, {o.lr, 0.9, 0.999, 1e-8, o.weight_decay});
+  autograd::AdamW<float, Dev> opt(det, {o.lr, 0.9, 0.999, 1e-8, o.weight_decay});
   const int B = o.batch;
   auto x = Tensor<float, Cpu>::empty({B, C, k, k});
   auto y = Tensor<float, Cpu>::empty({B, 1, k, k});
@@ -148,7 +152,7 @@ void train_detector(SegmentationDetector<float>& det, const std::vector<SegSampl
     info.step = step;
     {
       autograd::TrainingScope scope;
-      const auto logits = det(x);
+      const auto logits = autograd::on_host(det(upload_as<float, Dev>(x)));
       auto loss = autograd::bce_with_logits(logits, y, o.pos_weight);
       if (o.dice_weight > 0) loss = ops::add(loss, ops::scale(autograd::dice_loss(logits, y), static_cast<float>(o.dice_weight)));
       info.loss = loss.data()[0];
@@ -167,19 +171,22 @@ void train_detector(SegmentationDetector<float>& det, const std::vector<SegSampl
 }
 
 /// Defect probabilities [S, S] (the logistic of the logits) of one image [C, S, S].
-inline Tensor<float, Cpu> score_image(const SegmentationDetector<float>& det, const Tensor<float, Cpu>& image) {
+template <class Dev>
+Tensor<float, Cpu> score_image(const SegmentationDetector<float, Dev>& det, const Tensor<float, Cpu>& image) {
   check<ShapeError>(image.rank() == 3, "score_image: expected [C, H, W], got ", image.shape().str());
   autograd::NoGradScope inference;
-  auto z = det(image.reshape({1, image.dim(0), image.dim(1), image.dim(2)})).contiguous();
+  auto z = download_as<float>(det(upload_as<float, Dev>(image.reshape({1, image.dim(0), image.dim(1), image.dim(2)}))))
+               .contiguous();
   auto p = Tensor<float, Cpu>::empty({image.dim(1), image.dim(2)});
   for (int64_t i = 0; i < p.numel(); ++i) p.data()[i] = static_cast<float>(autograd::detail::sigmoid(z.data()[i]));
   return p;
 }
 
 /// Saves the detector's weights with its architecture in the metadata ("adabldm.detector").
-inline void save_detector(const SegmentationDetector<float>& det, const std::string& path,
-                          const nlohmann::json& extra = nlohmann::json::object()) {
-  auto& d = const_cast<SegmentationDetector<float>&>(det);  // visit() is not const; nothing is modified
+template <class Dev>
+void save_detector(const SegmentationDetector<float, Dev>& det, const std::string& path,
+                   const nlohmann::json& extra = nlohmann::json::object()) {
+  auto& d = const_cast<SegmentationDetector<float, Dev>&>(det);  // visit() is not const; nothing is modified
   nlohmann::json meta = {{"in_channels", det.config.in_channels}, {"widths", det.config.widths},
                          {"groups", det.config.groups}};
   for (const auto& [key, value] : extra.items()) meta[key] = value;
