@@ -45,9 +45,9 @@ inline const char* kUsage =
     "  --widths LIST           detector channels per level (default 16,32,64,128)\n"
     "  --keep-edges            croppaste: a defect touching its image's border is pasted flush with a border\n"
     "  --device cpu|cuda       where the detectors train and score, in f32 (default cpu; cuda needs a build with the\n"
-    "                          CUDA backend; the draws and losses stay on the host, so a run differs only in rounding)\n"
+    "                          CUDA backend; the draws and losses stay on the host, so a run differs only in rounding;\n"
+    "                          re-scoring with --detectors runs on the CPU)\n"
     "  --tf32                  cuda: allow TF32 tensor cores for the detector's convolutions\n"
-    "                          (re-scoring with --detectors runs on the CPU)\n"
     "  --quiet                 no progress output\n";
 
 inline std::vector<std::string> split_list(const std::string& s, const char* what) {
