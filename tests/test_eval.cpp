@@ -7,26 +7,17 @@
 #include <fstream>
 
 #include "adabldm/eval/evaluation.hpp"
-#include "eval_toy_data.hpp"
+#include "eval_samples.hpp"
 
 using namespace adabldm;
 namespace fs = std::filesystem;
 
 namespace {
-eval::SegSample sample_of(const std::pair<Image, Image>& p) {
-  const int S = p.first.width;
-  return {image_to_tensor(p.first).reshape({1, S, S}), defect::image_to_mask(p.second, 127).reshape({1, S, S})};
-}
 fs::path temp_dir(const std::string& name) {
   const fs::path d = fs::temp_directory_path() / ("adabldm_test_eval_" + name);
   fs::remove_all(d);
   fs::create_directories(d);
   return d;
-}
-eval::DetectorConfig small_detector() {
-  eval::DetectorConfig c;
-  c.widths = {8, 16, 32};
-  return c;
 }
 }  // namespace
 
@@ -34,9 +25,9 @@ TEST_CASE("the detector learns an easy generated task (pixel AP > 0.9 on held-ou
   Rng rng(7);
   const int S = 64;
   std::vector<eval::SegSample> pos, neg;
-  for (int i = 0; i < 24; ++i) pos.push_back(sample_of(toy::make_sample(rng, S, true)));
-  for (int i = 0; i < 24; ++i) neg.push_back(sample_of(toy::make_sample(rng, S, false)));
-  eval::SegmentationDetector<float> det(small_detector());
+  for (int i = 0; i < 24; ++i) pos.push_back(toy::seg_sample(toy::make_sample(rng, S, true)));
+  for (int i = 0; i < 24; ++i) neg.push_back(toy::seg_sample(toy::make_sample(rng, S, false)));
+  eval::SegmentationDetector<float> det(toy::small_detector());
   eval::DetectorTraining t;
   t.steps = 150;
   t.crop = 32;  // crops centred on defects: denser signal, a quarter of the work of whole images
@@ -51,7 +42,7 @@ TEST_CASE("the detector learns an easy generated task (pixel AP > 0.9 on held-ou
   CHECK(last < 0.8 * first);
   std::vector<eval::ScoredImage> held_out;
   for (int i = 0; i < 16; ++i) {
-    const auto s = sample_of(toy::make_sample(rng, S, i % 2 == 0));
+    const auto s = toy::seg_sample(toy::make_sample(rng, S, i % 2 == 0));
     const auto map = eval::score_image(det, s.image);
     eval::ScoredImage im;
     im.h = im.w = S;
@@ -67,13 +58,13 @@ TEST_CASE("the detector learns an easy generated task (pixel AP > 0.9 on held-ou
 
 TEST_CASE("detector training is reproducible, and a detector round-trips through its file") {
   Rng rng(3);
-  std::vector<eval::SegSample> pos{sample_of(toy::make_sample(rng, 32, true))}, neg{sample_of(toy::make_sample(rng, 32, false))};
+  std::vector<eval::SegSample> pos{toy::seg_sample(toy::make_sample(rng, 32, true))}, neg{toy::seg_sample(toy::make_sample(rng, 32, false))};
   eval::DetectorTraining t;
   t.steps = 3;
   t.crop = 16;
   t.batch = 4;
   t.positives = 2;
-  eval::SegmentationDetector<float> a(small_detector()), b(small_detector());
+  eval::SegmentationDetector<float> a(toy::small_detector()), b(toy::small_detector());
   std::vector<double> la, lb;
   eval::train_detector(a, pos, neg, t, [&](const eval::TrainStep& s) { la.push_back(s.loss); });
   eval::train_detector(b, pos, neg, t, [&](const eval::TrainStep& s) { lb.push_back(s.loss); });
@@ -106,7 +97,7 @@ TEST_CASE("detector training is reproducible, and a detector round-trips through
 TEST_CASE("crop & paste: the label is the pasted defect, and nothing outside it changes") {
   Rng rng(11);
   const int S = 64;
-  const auto good = sample_of(toy::make_sample(rng, S, false)), source = sample_of(toy::make_sample(rng, S, true));
+  const auto good = toy::seg_sample(toy::make_sample(rng, S, false)), source = toy::seg_sample(toy::make_sample(rng, S, true));
   const auto fg = Tensor<float, Cpu>::full({1, 1, S, S}, 1.0f);
   for (int k = 0; k < 20; ++k) {
     const auto out = eval::crop_paste(good, source, fg, rng);

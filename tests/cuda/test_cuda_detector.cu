@@ -8,32 +8,20 @@
 
 #include "adabldm/autograd/autograd.hpp"
 #include "adabldm/eval/evaluation.hpp"
-#include "../eval_toy_data.hpp"
+#include "../eval_samples.hpp"
 
 using namespace cuda_test;
 
-namespace {
-eval::DetectorConfig small_detector() {
-  eval::DetectorConfig c;
-  c.widths = {8, 16, 32};
-  return c;
-}
-eval::SegSample sample_of(const std::pair<Image, Image>& p) {
-  const int S = p.first.width;
-  return {image_to_tensor(p.first).reshape({1, S, S}), defect::image_to_mask(p.second, 127).reshape({1, S, S})};
-}
-}  // namespace
-
 CUDA_TEST_CASE("detector: the host losses' gradient reaches every device parameter as on the CPU") {
   ADABLDM_REQUIRE_CUDA();
-  eval::SegmentationDetector<float, Cpu> cpu(small_detector());
+  eval::SegmentationDetector<float, Cpu> cpu(toy::small_detector());
   Rng init(11);
   nn::init_missing(cpu, init);
   auto dev = nn::convert<float, Cuda>(cpu);
   autograd::track(cpu);
   autograd::track(dev);
   Rng data(5);
-  const auto a = sample_of(toy::make_sample(data, 32, true)), b = sample_of(toy::make_sample(data, 32, false));
+  const auto a = toy::seg_sample(toy::make_sample(data, 32, true)), b = toy::seg_sample(toy::make_sample(data, 32, false));
   auto x = F32::empty({2, 1, 32, 32}), y = F32::empty({2, 1, 32, 32});
   std::copy(a.image.data(), a.image.data() + 1024, x.data());
   std::copy(b.image.data(), b.image.data() + 1024, x.data() + 1024);
@@ -74,8 +62,8 @@ CUDA_TEST_CASE("detector training and scoring on the device follow the CPU's") {
   ADABLDM_REQUIRE_CUDA();
   Rng rng(3);
   std::vector<eval::SegSample> pos, neg;
-  for (int i = 0; i < 3; ++i) pos.push_back(sample_of(toy::make_sample(rng, 32, true)));
-  for (int i = 0; i < 3; ++i) neg.push_back(sample_of(toy::make_sample(rng, 32, false)));
+  for (int i = 0; i < 3; ++i) pos.push_back(toy::seg_sample(toy::make_sample(rng, 32, true)));
+  for (int i = 0; i < 3; ++i) neg.push_back(toy::seg_sample(toy::make_sample(rng, 32, false)));
   eval::DetectorTraining t;
   t.steps = 4;
   t.crop = 16;
@@ -85,8 +73,8 @@ CUDA_TEST_CASE("detector training and scoring on the device follow the CPU's") {
   // sign between the devices; lr = 1e-6 keeps such a flip far below the tolerance (the gradients themselves are
   // compared in the case above).
   t.lr = 1e-6;
-  eval::SegmentationDetector<float, Cpu> cpu(small_detector());
-  eval::SegmentationDetector<float, Cuda> dev(small_detector());
+  eval::SegmentationDetector<float, Cpu> cpu(toy::small_detector());
+  eval::SegmentationDetector<float, Cuda> dev(toy::small_detector());
   std::vector<double> l_cpu, l_dev;
   eval::train_detector(cpu, pos, neg, t, [&](const eval::TrainStep& s) { l_cpu.push_back(s.loss); });
   eval::train_detector(dev, pos, neg, t, [&](const eval::TrainStep& s) { l_dev.push_back(s.loss); });
